@@ -1,0 +1,152 @@
+"""The LM two-step mix and the parametrisations of its coefficient k_n.
+
+One LM block computes ``u[n+1] = (1 - k_n) u[n] + k_n u[n-1] + f_n(u[n])``. This module holds the
+pieces that are about k_n alone: the user-facing options (validated once, with messages that say
+what to pass instead) and the ``nn.Module`` that owns one block's k_n.
+
+Parametrisations:
+
+* free (default): ``k`` is the trainable parameter itself, one scalar per block.
+* ``k_per_channel=True``: one k per channel of the block's output, as the reference code's channel
+  variant (``MResNetC``).
+* ``k_stable=True``: the parameter is ``k_raw`` and ``k = tanh(k_raw)``, so ``|k| < 1`` throughout
+  training. The recurrence's characteristic polynomial ``(z - 1)(z + k)`` then has roots 1 and
+  ``-k`` inside the unit disc: the step stays zero-stable whatever the optimiser does.
+
+Every coefficient tensor is at most 1-D, so timm's ``create_optimizer_v2`` exempts it from weight
+decay exactly as it does norm weights and biases.
+"""
+from dataclasses import asdict, dataclass
+from numbers import Real
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['LMOptions', 'LMCoefficient', 'StableLMCoefficient', 'create_coefficient', 'DEFAULT_K_INIT']
+
+DEFAULT_K_INIT: Tuple[float, float] = (-0.1, 0.0)  # the paper's U[-0.1, 0]
+
+
+@dataclass(frozen=True)
+class LMOptions:
+    """The LM model options shared by every family (they travel as ``create_model`` kwargs).
+
+    Attributes:
+        lm: False builds the plain ResNet (forward Euler) from the same code, for baselines.
+        k_init: (low, high) of the uniform initialisation of k_n, inside (-1, 1). (0, 0) starts
+            at the plain ResNet's function, e.g. for fine-tuning from ResNet weights.
+        k_per_channel: one k per output channel instead of one per block.
+        k_stable: parametrise ``k = tanh(k_raw)`` to keep every step zero-stable.
+    """
+    lm: bool = True
+    k_init: Tuple[float, float] = DEFAULT_K_INIT
+    k_per_channel: bool = False
+    k_stable: bool = False
+
+    @classmethod
+    def create(
+            cls,
+            lm: bool = True,
+            k_init: Union[float, Tuple[float, float]] = DEFAULT_K_INIT,
+            k_per_channel: bool = False,
+            k_stable: bool = False,
+    ) -> 'LMOptions':
+        """Validate user values; every error is a ValueError naming the option and its range."""
+        for name, value in (('lm', lm), ('k_per_channel', k_per_channel), ('k_stable', k_stable)):
+            if not isinstance(value, bool):
+                raise ValueError(f'{name}={value!r} is not a bool: pass {name}=True or {name}=False')
+        return cls(lm=lm, k_init=_check_k_init(k_init), k_per_channel=k_per_channel, k_stable=k_stable)
+
+    def model_args(self) -> Dict[str, Any]:
+        """The options that differ from the defaults, as ``create_model`` kwargs (for config.json)."""
+        default = LMOptions()
+        return {k: v for k, v in asdict(self).items() if v != getattr(default, k)}
+
+
+def _check_k_init(k_init: Union[float, Tuple[float, float]]) -> Tuple[float, float]:
+    if isinstance(k_init, Real) and not isinstance(k_init, bool):
+        k_init = (k_init, k_init)
+    if (not isinstance(k_init, (tuple, list)) or len(k_init) != 2
+            or not all(isinstance(v, Real) and not isinstance(v, bool) for v in k_init)):
+        raise ValueError(
+            f'k_init={k_init!r} is not a range: pass k_init=(low, high) with -1 < low <= high < 1, '
+            f'or one number for a constant initial k')
+    low, high = float(k_init[0]), float(k_init[1])
+    if not (-1.0 < low < 1.0 and -1.0 < high < 1.0):
+        raise ValueError(
+            f'k_init={k_init!r} is outside (-1, 1): the two-step recurrence is zero-stable only for '
+            f'-1 < k < 1 at initialisation; pass values such as the default {DEFAULT_K_INIT}')
+    if low > high:
+        raise ValueError(f'k_init={k_init!r} is reversed: pass (low, high) with low <= high, e.g. ({high}, {low})')
+    return low, high
+
+
+class LMCoefficient(nn.Module):
+    """The trainable k_n of one LM block, stored as is (parameter ``k``)."""
+    param_name = 'k'
+
+    def __init__(
+            self,
+            num_channels: int,
+            k_init: Tuple[float, float] = DEFAULT_K_INIT,
+            per_channel: bool = False,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        self.per_channel = per_channel
+        self.k_init = k_init
+        shape = (num_channels,) if per_channel else ()
+        self.register_parameter(self.param_name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.k.uniform_(*self.k_init)
+
+    def _k(self) -> torch.Tensor:
+        return self.k
+
+    def value(self) -> torch.Tensor:
+        """k_n as a detached float tensor (0-D, or 1-D when per channel), for reports."""
+        return self._k().detach().float()
+
+    def forward(self, like: torch.Tensor) -> torch.Tensor:
+        """k_n in the dtype of ``like`` and shaped to broadcast over its (N, C, H, W)."""
+        k = self._k().to(like.dtype)
+        if self.per_channel:
+            k = k.view(-1, 1, 1)
+        return k
+
+    def extra_repr(self) -> str:
+        return f'per_channel={self.per_channel}, k_init={self.k_init}'
+
+
+class StableLMCoefficient(LMCoefficient):
+    """k_n = tanh(k_raw): always inside (-1, 1), so the step is zero-stable throughout training.
+
+    The parameter has its own name (``k_raw``), so a checkpoint of the free parametrisation does not
+    load silently into this one (or the reverse): the stored values mean different things.
+    """
+    param_name = 'k_raw'
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        self.k_raw.uniform_(*self.k_init).atanh_()
+
+    def _k(self) -> torch.Tensor:
+        return torch.tanh(self.k_raw)
+
+
+def create_coefficient(
+        options: LMOptions,
+        num_channels: int,
+        device=None,
+        dtype=None,
+) -> Optional[LMCoefficient]:
+    """The coefficient module for one two-step block, or None when ``options.lm`` is False."""
+    if not options.lm:
+        return None
+    cls = StableLMCoefficient if options.k_stable else LMCoefficient
+    return cls(num_channels, options.k_init, per_channel=options.k_per_channel, device=device, dtype=dtype)

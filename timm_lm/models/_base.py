@@ -1,0 +1,99 @@
+"""What every LM model class shares, whatever timm model it extends.
+
+An LM model is one of timm's own models (``ResNet``, ``ResNetV2``) whose stages are LM stages. The
+mixin adds the little that timm's classes cannot know about:
+
+* ``init_lm`` turns the model's stages into LM stages and records the LM options;
+* ``set_grad_checkpointing`` hands checkpointing to the LM stages (which checkpoint per block and
+  carry both tensors of the recurrence) instead of timm's ``checkpoint_seq``, which would run the
+  blocks one by one as plain residual blocks.
+
+Everything else (heads, features, intermediates, pruning, layer-decay groups, pretrained loading) is
+the timm class's own code, unchanged.
+"""
+import inspect
+from typing import Any, Dict, Iterator, List, Tuple, Type
+
+import torch
+import torch.nn as nn
+from timm.models import model_entrypoint
+
+from ..lm import LMOptions
+from ..stage import LMStage, make_lm_stage
+
+__all__ = ['LMModelMixin', 'LM_OPTION_NAMES', 'split_lm_options', 'check_model_kwargs', 'build_lm_from_timm']
+
+LM_OPTION_NAMES = ('lm', 'k_init', 'k_per_channel', 'k_stable')
+
+
+class LMModelMixin:
+    """Mixed in before a timm model class: ``class LMResNet(LMModelMixin, ResNet)``."""
+    lm_options: LMOptions
+    __jit_ignored_attributes__ = ['lm_options']  # python-side metadata, not part of the scripted model
+
+    def lm_stage_paths(self) -> List[str]:
+        """Dotted paths of the ``nn.Sequential`` block containers that become LM stages."""
+        raise NotImplementedError
+
+    @torch.jit.ignore
+    def init_lm(self, options: LMOptions) -> None:
+        self.lm_options = options
+        for path in self.lm_stage_paths():
+            parent_path, _, name = path.rpartition('.')
+            parent = self.get_submodule(parent_path) if parent_path else self
+            setattr(parent, name, make_lm_stage(getattr(parent, name), options))
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for stage in self.modules():
+            if isinstance(stage, LMStage):
+                stage.grad_checkpointing = enable
+
+
+def lm_stages(model: nn.Module) -> Iterator[Tuple[str, LMStage]]:
+    """(path, stage) for every LM stage of a model (also inside a features_only wrapper)."""
+    for name, module in model.named_modules():
+        if isinstance(module, LMStage):
+            yield name, module
+
+
+def split_lm_options(kwargs: Dict[str, Any]) -> Tuple[LMOptions, Dict[str, Any]]:
+    """Take the LM options out of model kwargs and validate them."""
+    lm_kwargs = {k: kwargs[k] for k in LM_OPTION_NAMES if k in kwargs}
+    rest = {k: v for k, v in kwargs.items() if k not in LM_OPTION_NAMES}
+    return LMOptions.create(**lm_kwargs), rest
+
+
+def check_model_kwargs(model_cls: Type[nn.Module], kwargs: Dict[str, Any], model_name: str) -> None:
+    """Refuse options the model does not have, naming them and what is accepted (ValueError).
+
+    timm itself would fail with a TypeError from deep inside the constructor; an LM user more often
+    mistypes one of the LM options, so say which ones exist.
+    """
+    params = inspect.signature(model_cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n in params if n != 'self']
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f'unknown option(s) {", ".join(unknown)} for {model_name}: LM options are '
+            f'{", ".join(LM_OPTION_NAMES)}; {model_cls.__name__} options are {", ".join(accepted)}')
+
+
+def build_lm_from_timm(lm_cls: Type[nn.Module], base_name: str, lm_name: str, **kwargs) -> nn.Module:
+    """Build timm's ``base_name`` through its own entrypoint, then make its stages LM stages.
+
+    Going through timm's entrypoint means every timm model of the family, present or future, is
+    built exactly as timm builds it (stems, attention, pruned channel configs, ...). The instance is
+    then retyped to the LM subclass of its timm class, which adds methods only.
+    """
+    options, model_kwargs = split_lm_options(kwargs)
+    timm_cls = next(c for c in lm_cls.__mro__ if c.__module__.startswith('timm.'))
+    check_model_kwargs(timm_cls, model_kwargs, lm_name)
+    model = model_entrypoint(base_name)(pretrained=False, **model_kwargs)
+    if type(model) is not timm_cls:
+        raise ValueError(f'{base_name} builds a {type(model).__name__}, not a {timm_cls.__name__}')
+    model.__class__ = lm_cls
+    model.init_lm(options)
+    return model

@@ -1,0 +1,72 @@
+"""LM stage: runs a stage's residual blocks with the linear two-step recurrence.
+
+The stage holds timm's block modules unchanged, under their original names (``layer2.0``,
+``stages.1.blocks.3``, ...), so state-dict keys are timm's plus one coefficient per two-step block
+(``<block>.lm.k``). It maps one tensor to one tensor, like the ``nn.Sequential`` it replaces, so
+everything timm does per stage (features_only, forward_intermediates, pruning) keeps working.
+
+Rules (DESIGN.md, as in the authors' reference code):
+
+* the first block of a stage (it may change stride or width) is a plain residual step and hands on
+  its shortcut output (the projected input) as ``u[n-1]``;
+* every later block is ``u[n+1] = post(f(u[n]) + (1 - k_n) u[n] + k_n u[n-1])``, with ``u[n-1]`` the
+  previous block's input.
+
+Gradient checkpointing is per block and carries both tensors of the recurrence; timm's own
+``checkpoint_seq`` cannot be used because it calls the blocks one by one with a single tensor.
+"""
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from timm.models import checkpoint
+
+from .blocks import LMBlockMixin, make_lm_block
+from .lm import LMOptions, create_coefficient
+
+__all__ = ['LMStage', 'make_lm_stage']
+
+
+class LMStage(nn.Sequential):
+    """A sequence of residual blocks run as the LM two-step recurrence.
+
+    It stays an ``nn.Sequential`` so that ``stage[i]``, ``len(stage)`` and iteration behave as on
+    timm's stage (e.g. ``model.layer4[-1]`` for CAM hooks). Calling an LM block on its own raises,
+    so code that runs the blocks one by one fails loudly instead of computing a plain ResNet.
+    """
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_prev = x
+        for block in self:
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x, x_prev = checkpoint(block.step, x, x_prev)
+            else:
+                x, x_prev = block.step(x, x_prev)
+        return x
+
+
+def make_lm_stage(blocks: nn.Sequential, options: LMOptions) -> LMStage:
+    """Build an LM stage around the blocks of a timm stage (the blocks are retyped in place)."""
+    named = list(blocks.named_children())
+    if not named:
+        raise ValueError('a stage needs at least one residual block')
+    stage = LMStage(OrderedDict(named))
+    for index, (name, block) in enumerate(named):
+        block = make_lm_block(block)
+        if index > 0:
+            if block.downsample is not None:
+                raise ValueError(
+                    f'block {name} has a shortcut projection but is not the first block of its stage: '
+                    f'the LM two-step rule needs u[n] and u[n-1] of the same shape')
+            ref = next(block.parameters())
+            block.lm = create_coefficient(options, block.num_out_channels(), device=ref.device, dtype=ref.dtype)
+    return stage
+
+
+def lm_blocks(stage: LMStage):
+    """(index, block) for the blocks of a stage that have an LM coefficient."""
+    return [(i, b) for i, b in enumerate(stage) if isinstance(b, LMBlockMixin) and b.lm is not None]
