@@ -9,16 +9,20 @@ timm's ResNetV2 parts (``ResNetStage``, ``PreActBasic`` / ``PreActBottleneck``, 
 Depths: basic blocks give 6n + 2 layers (20, 32, 44, 56, 110), bottlenecks 9n + 2 (164, ResNeXt-29).
 """
 from collections import OrderedDict
-from typing import Any, Dict, Sequence, Tuple, Union
+from functools import partial
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
 from timm.layers import BatchNormAct2d, ClassifierHead, LayerType, calculate_drop_path_rates, create_conv2d, \
     get_act_layer, get_norm_act_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from timm.models.resnetv2 import PreActBasic, PreActBottleneck, ResNetStage
 
 from ..lm import DEFAULT_K_INIT, LMOptions
 from ..pretrained import PAPER_ID, lm_trained_cfgs, warm_start_filter
+from ._base import check_model_kwargs
 from .lm_resnetv2 import LMResNetV2
 
 __all__ = ['LMCifarResNet']
@@ -110,14 +114,29 @@ class LMCifarResNet(LMResNetV2):
         self.init_weights(zero_init_last=zero_init_last)
         self.init_lm(options)
 
+    # ResNetV2 counts feature taps as 5 (stem + 4 stages); here there are 4. Resolving the indices
+    # against this model's own taps first lets ResNetV2's code do the rest unchanged.
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, **kwargs):
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        return super().forward_intermediates(x, indices=take_indices, **kwargs)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, **kwargs) -> List[int]:
+        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
+        return super().prune_intermediate_layers(take_indices, **kwargs)
+
+
+def _build_lm_cifar(variant: str, **kwargs) -> LMCifarResNet:
+    check_model_kwargs(LMCifarResNet, kwargs, variant)
+    return LMCifarResNet(**kwargs)
+
 
 def _create_lm_cifar(variant: str, pretrained: bool = False, **kwargs) -> LMCifarResNet:
     return build_model_with_cfg(
-        LMCifarResNet,
+        partial(_build_lm_cifar, variant),
         variant,
         pretrained,
         pretrained_filter_fn=warm_start_filter,
-        feature_cfg=dict(flatten_sequential=True),
+        feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),  # stem + three stages
         **kwargs,
     )
 
