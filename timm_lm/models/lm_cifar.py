@@ -110,17 +110,45 @@ class LMCifarResNet(LMResNetV2):
         self.num_features = prev_chs
         self.norm = norm_layer(self.num_features, **dd)
         self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
-        self.head_hidden_size = self.head.num_features
+        self.head_hidden_size = getattr(self.head, 'num_features', self.num_features)  # timm < 1.0.24 lacks it
         self.init_weights(zero_init_last=zero_init_last)
         self.init_lm(options)
 
-    # ResNetV2 counts feature taps as 5 (stem + 4 stages); here there are 4. Resolving the indices
-    # against this model's own taps first lets ResNetV2's code do the rest unchanged.
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, **kwargs):
-        take_indices, _ = feature_take_indices(len(self.feature_info), indices)
-        return super().forward_intermediates(x, indices=take_indices, **kwargs)
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features at the taps of ``feature_info`` (stem, then each stage), as timm's ResNetV2.
+
+        Own implementation because the taps differ from ImageNet ResNetV2's (four, and a stride-1 stem).
+        """
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt={output_fmt!r}: only 'NCHW' is supported")
+        take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = self.stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        last_idx = len(self.stages)
+        stages = self.stages if torch.jit.is_scripting() or not stop_early else self.stages[:max_index]
+        feat_idx = 0
+        for feat_idx, stage in enumerate(stages, start=1):
+            x = stage(x)
+            if feat_idx in take_indices:
+                intermediates.append(self.norm(x) if norm and feat_idx == last_idx else x)
+        if intermediates_only:
+            return intermediates
+        if feat_idx == last_idx:
+            x = self.norm(x)
+        return x, intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, **kwargs) -> List[int]:
+        # resolve the indices against this model's four taps; ResNetV2's pruning then applies as is
         take_indices, _ = feature_take_indices(len(self.feature_info), indices)
         return super().prune_intermediate_layers(take_indices, **kwargs)
 
