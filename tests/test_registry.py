@@ -79,7 +79,7 @@ def test_coefficient_report_covers_every_block():
     assert rows[-1].k.shape == (2048,)
     torch.testing.assert_close(rows[2].k, model.layer2[1].lm.k.detach())
     table = timm_lm.format_coefficients(model)
-    assert 'layer4.2' in table and len(table.splitlines()) == len(rows) + 1
+    assert 'layer4.2' in table and len(table.splitlines()) == len(rows) + 2  # header, rule, rows
 
 
 def test_coefficient_report_refuses_a_plain_timm_model():

@@ -3,12 +3,17 @@
 ``import timm_lm`` registers every LM model in timm's registry, so that ``timm.create_model``,
 timm's ``train.py --model`` and the Hub loaders know them. Small public API:
 
-* ``lm_coefficients(model)`` / ``format_coefficients(model)``: every k_n by stage and block;
+* ``lm_coefficients(model)`` / ``format_coefficients(model)``: every k_n by stage and block, with the
+  modified-equation coefficients and zero-stability (``timm_lm.analysis``);
 * ``LMOptions``: the LM model options (``lm``, ``k_init``, ``k_per_channel``, ``k_stable``).
 """
 from .version import __version__
 from .lm import LMOptions
-from .analysis import BlockCoefficient, format_coefficients, lm_coefficients
+from .analysis import BlockCoefficient, format_coefficients, lm_coefficients, plot_coefficients, \
+    summarize_coefficients
 from . import models  # registers the models
 
-__all__ = ['__version__', 'LMOptions', 'BlockCoefficient', 'lm_coefficients', 'format_coefficients', 'models']
+__all__ = [
+    '__version__', 'LMOptions', 'BlockCoefficient', 'lm_coefficients', 'format_coefficients', 'summarize_coefficients',
+    'plot_coefficients', 'models',
+]

@@ -42,9 +42,12 @@ def read_checkpoint(path, use_ema: bool = False) -> Tuple[Dict[str, torch.Tensor
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f'{path}: refused, loading it would need arbitrary unpickling ({_first_line(err)}); '
-            f're-save only its state_dict, or convert it to safetensors') from None
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise CheckpointError(
+                f'{path}: refused, loading it would need arbitrary unpickling (of {", ".join(unsafe[:3])}); '
+                f're-save only its state_dict, or convert it to safetensors') from None
+        raise CheckpointError(f'{path}: not a readable PyTorch checkpoint (corrupt, truncated or another format)') from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
         raise CheckpointError(f'{path}: not a readable PyTorch checkpoint ({_first_line(err)})') from None
 
@@ -132,6 +135,14 @@ def load_lm_model(source: str, model_name: Optional[str] = None, use_ema: bool =
             raise CheckpointError(f'{source} is not an LM model: pass an lm_* name (see "timm-lm list")')
         return timm.create_model(source).eval(), f'{source} (initial coefficients)'
     raise CheckpointError(f'{source}: neither a registered LM model, a published folder nor a checkpoint file')
+
+
+def _unsafe_globals(path: Path) -> list:
+    """The globals a pickled checkpoint would import beyond the weights_only allow-list (none if unreadable)."""
+    try:
+        return [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if g != 'argparse.Namespace']
+    except Exception:  # not a zip checkpoint at all: corrupt, which the caller reports
+        return []
 
 
 def _first_line(err: BaseException) -> str:
