@@ -133,14 +133,17 @@ def plot_coefficients(model_or_rows, path, title: Optional[str] = None) -> None:
         raise RuntimeError('plotting needs matplotlib: pip install "timm-lm[plot]"') from None
     rows = model_or_rows if isinstance(model_or_rows, list) else lm_coefficients(model_or_rows)
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    depth = [r.depth for r in rows]
-    ax.plot(depth, [r.k_mean for r in rows], 'o-', label='k_n (mean over channels)' if rows and rows[0].k.numel() > 1 else 'k_n')
-    if rows and rows[0].k.numel() > 1:
-        ax.fill_between(depth, [float(r.k.min()) for r in rows], [float(r.k.max()) for r in rows], alpha=0.25,
-                        label='channel range')
-    starts = sorted({r.depth - r.block for r in rows})
-    for s in starts[1:]:
-        ax.axvline(s - 0.5, color='grey', linestyle=':', linewidth=1)
+    per_channel = bool(rows) and rows[0].k.numel() > 1
+    for stage in sorted({r.stage for r in rows}):  # one line per stage: the first block of a stage has no k
+        part = [r for r in rows if r.stage == stage]
+        depth = [r.depth for r in part]
+        ax.plot(depth, [r.k_mean for r in part], 'o-', color='tab:blue',
+                label=None if stage else ('k_n (mean over channels)' if per_channel else 'k_n'))
+        if per_channel:
+            ax.fill_between(depth, [float(r.k.min()) for r in part], [float(r.k.max()) for r in part],
+                            color='tab:blue', alpha=0.2, label=None if stage else 'channel range')
+    for start in sorted({r.depth - r.block for r in rows})[1:]:
+        ax.axvline(start - 0.5, color='grey', linestyle=':', linewidth=1)
     ax.axhline(0.0, color='black', linewidth=0.6)
     ax.set_xlabel('block (depth)')
     ax.set_ylabel('k_n')

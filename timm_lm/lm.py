@@ -65,20 +65,21 @@ class LMOptions:
 
 
 def _check_k_init(k_init: Union[float, Tuple[float, float]]) -> Tuple[float, float]:
+    given = k_init
     if isinstance(k_init, Real) and not isinstance(k_init, bool):
         k_init = (k_init, k_init)
     if (not isinstance(k_init, (tuple, list)) or len(k_init) != 2
             or not all(isinstance(v, Real) and not isinstance(v, bool) for v in k_init)):
         raise ValueError(
-            f'k_init={k_init!r} is not a range: pass k_init=(low, high) with -1 < low <= high < 1, '
+            f'k_init={given!r} is not a range: pass k_init=(low, high) with -1 < low <= high < 1, '
             f'or one number for a constant initial k')
     low, high = float(k_init[0]), float(k_init[1])
     if not (-1.0 < low < 1.0 and -1.0 < high < 1.0):
         raise ValueError(
-            f'k_init={k_init!r} is outside (-1, 1): the two-step recurrence is zero-stable only for '
+            f'k_init={given!r} is outside (-1, 1): the two-step recurrence is zero-stable only for '
             f'-1 < k < 1 at initialisation; pass values such as the default {DEFAULT_K_INIT}')
     if low > high:
-        raise ValueError(f'k_init={k_init!r} is reversed: pass (low, high) with low <= high, e.g. ({high}, {low})')
+        raise ValueError(f'k_init={given!r} is reversed: pass (low, high) with low <= high, e.g. ({high}, {low})')
     return low, high
 
 
