@@ -3,6 +3,8 @@ import pytest
 import timm
 import torch
 
+import timm_lm
+
 from timm_lm.lm import LMCoefficient, LMOptions, StableLMCoefficient
 
 
@@ -33,20 +35,20 @@ def test_unknown_option_is_a_value_error_that_lists_lm_options(name):
 
 def test_constant_k_init():
     model = timm.create_model('lm_resnet20_cifar', k_init=-0.05)
-    ks = [r.k for r in __import__('timm_lm').lm_coefficients(model)]
+    ks = [r.k for r in timm_lm.lm_coefficients(model)]
     assert all(torch.equal(k, torch.tensor(-0.05)) for k in ks)
 
 
 def test_k_init_range_is_respected():
     model = timm.create_model('lm_resnet110_cifar', k_init=(-0.3, -0.2))
-    ks = torch.stack([r.k for r in __import__('timm_lm').lm_coefficients(model)])
+    ks = torch.stack([r.k for r in timm_lm.lm_coefficients(model)])
     assert ks.min() >= -0.3 and ks.max() <= -0.2
     assert ks.std() > 0  # sampled, not constant
 
 
 def test_default_init_is_the_papers_uniform_range():
     model = timm.create_model('lm_resnet110_cifar')
-    ks = torch.stack([r.k for r in __import__('timm_lm').lm_coefficients(model)])
+    ks = torch.stack([r.k for r in timm_lm.lm_coefficients(model)])
     assert ks.min() >= -0.1 and ks.max() <= 0.0
 
 
@@ -68,11 +70,25 @@ def test_stable_parametrisation_keeps_k_inside_unit_interval():
     assert [n for n, _ in coef.named_parameters()] == ['k_raw']
 
 
-def test_stable_and_free_checkpoints_do_not_load_into_each_other():
+@pytest.mark.parametrize('source_stable', [False, True])
+def test_checkpoints_convert_between_free_and_stable_parametrisations(source_stable):
+    source = timm.create_model('lm_resnet20_cifar', k_stable=source_stable, k_init=(-0.6, 0.6)).eval()
+    target = timm.create_model('lm_resnet20_cifar', k_stable=not source_stable).eval()
+    target.load_state_dict(source.state_dict())  # strict: k <-> k_raw is converted, not missing/unexpected
+    ks = lambda m: torch.stack([r.k for r in timm_lm.lm_coefficients(m)])
+    torch.testing.assert_close(ks(target), ks(source))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)
+
+
+def test_k_outside_unit_interval_cannot_load_into_stable_model():
     free = timm.create_model('lm_resnet20_cifar')
+    state = free.state_dict()
+    state['stages.0.blocks.1.lm.k'] = torch.tensor(1.5)
     stable = timm.create_model('lm_resnet20_cifar', k_stable=True)
-    with pytest.raises(RuntimeError, match='k_raw'):
-        stable.load_state_dict(free.state_dict())
+    with pytest.raises(RuntimeError, match=r'outside \(-1, 1\) cannot be loaded into a k_stable=True model'):
+        stable.load_state_dict(state)
 
 
 def test_model_args_lists_only_non_defaults():

@@ -1,6 +1,7 @@
 """The main job, end to end on a tiny generated Fashion-MNIST (same idx.gz format as Debian's files)."""
 import gzip
 import json
+import os
 import struct
 
 import numpy as np
@@ -53,6 +54,16 @@ def test_quickstart_runs_and_never_overwrites_a_run(fake_fmnist, tmp_path, capsy
     runs_after = sorted(p for p in tmp_path.iterdir() if p.name != 'data')
     assert len(runs_after) == 2 and run in runs_after
     assert json.loads((run / 'quickstart.json').read_text()) == result
+
+
+@pytest.mark.skipif(not os.environ.get('TIMM_SCRIPTS_DIR'), reason='needs TIMM_SCRIPTS_DIR (a pytorch-image-models checkout)')
+def test_quickstart_with_timms_train_py(fake_fmnist, tmp_path, capsys):
+    assert main(['--data-dir', str(fake_fmnist), '--output', str(tmp_path), '--batch-size', '16', '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 'with timm train.py' in out and 'identical' in out and '48 train / 24 test' in out
+    (run,) = [p for p in tmp_path.iterdir() if p.name != 'data']
+    assert json.loads((run / 'quickstart.json').read_text())['trainer'] == 'train.py'
+    assert (run / 'train' / 'args.yaml').is_file()  # written by train.py itself
 
 
 @pytest.mark.parametrize('argv, message', [

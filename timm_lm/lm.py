@@ -123,12 +123,32 @@ class LMCoefficient(nn.Module):
     def extra_repr(self) -> str:
         return f'per_channel={self.per_channel}, k_init={self.k_init}'
 
+    def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
+        """This parametrisation's parameter for the other one's stored value (k_raw -> k here)."""
+        return torch.tanh(value)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # A checkpoint of the other parametrisation holds the same k_n, so the same function: convert it,
+        # so that scripts without --model-kwargs (validate.py, onnx_export.py) load k_stable checkpoints.
+        own = prefix + self.param_name
+        other = prefix + ('k' if self.param_name == 'k_raw' else 'k_raw')
+        if own not in state_dict and other in state_dict:
+            converted = self._from_other_parametrisation(state_dict[other])
+            if converted is None:
+                error_msgs.append(f'{other}: k_n outside (-1, 1) cannot be loaded into a k_stable=True model')
+            else:
+                del state_dict[other]
+                state_dict[own] = converted
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
 
 class StableLMCoefficient(LMCoefficient):
     """k_n = tanh(k_raw): always inside (-1, 1), so the step is zero-stable throughout training.
 
-    The parameter has its own name (``k_raw``), so a checkpoint of the free parametrisation does not
-    load silently into this one (or the reverse): the stored values mean different things.
+    The parameter has its own name (``k_raw``): what is stored differs from the free parametrisation's
+    ``k``. Loading a checkpoint of one parametrisation into the other converts the value (same k_n).
     """
     param_name = 'k_raw'
 
@@ -138,6 +158,9 @@ class StableLMCoefficient(LMCoefficient):
 
     def _k(self) -> torch.Tensor:
         return torch.tanh(self.k_raw)
+
+    def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
+        return torch.atanh(value) if bool((value.abs() < 1).all()) else None
 
 
 def create_coefficient(

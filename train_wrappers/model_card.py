@@ -38,7 +38,7 @@ class CardFacts:
 def read_summary(path, epoch: Optional[int]) -> Dict[str, Dict[str, str]]:
     """train.py's summary.csv: the row of ``epoch`` (the last row if unknown) and the best eval_top1 row."""
     with open(path, newline='') as f:
-        rows = list(csv.DictReader(f))
+        rows = [r for r in csv.DictReader(f) if r.get('epoch') != 'epoch']  # a resumed train.py run repeats the header
     if not rows or 'epoch' not in rows[0]:
         raise ValueError(f'{path}: not a train.py summary.csv (no epoch column)')
     chosen = next((r for r in rows if epoch is not None and str(r['epoch']) == str(epoch)), rows[-1])

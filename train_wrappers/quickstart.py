@@ -66,6 +66,12 @@ def prepare_fashion_mnist(source: Path, cache: Path) -> Path:
     return cache
 
 
+def idx_count(path: Path) -> int:
+    """Number of items in an idx file (big-endian count after the magic number)."""
+    with open(path, 'rb') as f:
+        return int.from_bytes(f.read(8)[4:], 'big')
+
+
 def new_run_dir(output: Path, model: str) -> Path:
     base = output / f'{time.strftime("%Y%m%d-%H%M%S")}-{model}'
     path, n = base, 1
@@ -104,7 +110,8 @@ def train_with_stock_script(train_py: Path, cfg: TrainConfig) -> Path:
         '--color-jitter', str(cfg.color_jitter), '--batch-size', str(cfg.batch_size), '--epochs', str(cfg.epochs),
         '--opt', cfg.opt, '--lr', str(cfg.lr), '--momentum', str(cfg.momentum), '--weight-decay',
         str(cfg.weight_decay), '--sched', cfg.sched, '--sched-on-updates', '--warmup-epochs', '0',
-        '--workers', str(cfg.workers), '--seed', str(cfg.seed), '--channels-last', '--output', cfg.output,
+        '--workers', str(max(1, cfg.workers)),  # train.py's persistent workers refuse 0
+        '--seed', str(cfg.seed), '--channels-last', '--output', cfg.output,
         '--experiment', cfg.experiment, '--checkpoint-hist', '1', '--log-interval', '50',
     ]
     if cfg.model_kwargs:
@@ -145,7 +152,9 @@ def run(args: argparse.Namespace) -> dict:
     run_dir = new_run_dir(output, args.model)
     cfg = train_config(args, data_root, run_dir)
 
-    print(f'[1/4] data: Fashion-MNIST from {args.data_dir} (60,000 train / 10,000 test images, 1x28x28)')
+    raw = data_root / 'FashionMNIST' / 'raw'
+    n_train, n_test = idx_count(raw / FMNIST_FILES[0]), idx_count(raw / FMNIST_FILES[2])
+    print(f'[1/4] data: Fashion-MNIST from {args.data_dir} ({n_train:,} train / {n_test:,} test images, 1x28x28)')
     print(f'[2/4] training {args.model} for {args.epochs} epoch(s) with '
           f'{"timm train.py (" + str(train_py) + ")" if train_py else "the compact timm trainer"}')
     start = time.time()
@@ -153,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     train_seconds = time.time() - start
     checkpoint = train_dir / 'model_best.pth.tar'
 
-    print('[3/4] validating on the 10,000 test images')
+    print(f'[3/4] validating on the {n_test:,} test images')
     model, _ = load_lm_model(str(checkpoint))
     test_loader = create_split_loader(cfg, timm.data.resolve_data_config(vars(cfg), model=model), cfg.val_split, False)
     top1 = evaluate(model, test_loader, progress=not args.no_progress)['top1']
