@@ -4,7 +4,9 @@ The Hub variables are read when huggingface_hub is imported, so they are set her
 through it huggingface_hub) is imported: every hub load in the tests then runs timm's and
 huggingface_hub's real resolution code against this temporary cache, offline.
 """
+import gzip
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,7 @@ os.environ['HF_HUB_OFFLINE'] = '1'
 for _var in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN', 'HF_ENDPOINT'):
     os.environ.pop(_var, None)
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -41,3 +44,22 @@ def hf_cache():
             write(snapshot / name)
         return snapshot
     return put
+
+
+def _write_idx(path, array, labels=False):
+    header = struct.pack('>II', 0x801, len(array)) if labels else struct.pack('>IIII', 0x803, *array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope='session')
+def fake_fmnist(tmp_path_factory):
+    """A tiny Fashion-MNIST in Debian's file format (idx, gzipped): 48 training and 24 test images."""
+    root = tmp_path_factory.mktemp('fmnist')
+    rng = np.random.default_rng(0)
+    for prefix, n in (('train', 48), ('t10k', 24)):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 64, (n, 28, 28)) + 19 * labels[:, None, None]
+        _write_idx(root / f'{prefix}-images-idx3-ubyte.gz', images)
+        _write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', labels, labels=True)
+    return root

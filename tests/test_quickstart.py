@@ -1,32 +1,11 @@
 """The main job, end to end on a tiny generated Fashion-MNIST (same idx.gz format as Debian's files)."""
-import gzip
 import json
 import os
-import struct
 
-import numpy as np
 import pytest
 import timm
 
 from train_wrappers.quickstart import main
-
-
-def _write_idx(path, array, labels=False):
-    header = struct.pack('>II', 0x801, len(array)) if labels else struct.pack('>IIII', 0x803, *array.shape)
-    with gzip.open(path, 'wb') as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
-@pytest.fixture(scope='module')
-def fake_fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp('fmnist')
-    rng = np.random.default_rng(0)
-    for prefix, n in (('train', 48), ('t10k', 24)):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 64, (n, 28, 28)) + 19 * labels[:, None, None]
-        _write_idx(root / f'{prefix}-images-idx3-ubyte.gz', images)
-        _write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', labels, labels=True)
-    return root
 
 
 def test_quickstart_runs_and_never_overwrites_a_run(fake_fmnist, tmp_path, capsys, monkeypatch):

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from timm.models import resnet, resnetv2
 
+from .lm import lm_mix
+
 __all__ = ['LMBlockMixin', 'make_lm_block', 'is_lm_block', 'supported_block_types']
 
 
@@ -41,17 +43,20 @@ class LMBlockMixin:
         raise NotImplementedError
 
     def step(self, x: torch.Tensor, x_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One step of the recurrence: returns (u[n+1], the u[n-1] that the next block mixes in).
-
-        Without a coefficient this is the block's plain residual step; it then hands on its shortcut
-        output, which for the first block of a stage is the projected input (shapes match the next
-        block) and for any other block is its input.
-        """
+        """One step of the recurrence: returns (u[n+1], the u[n-1] that the next block mixes in)."""
         f, shortcut = self.branch_and_shortcut(x)
+        return self.combine(f, shortcut, x_prev)
+
+    def combine(self, f: torch.Tensor, shortcut: torch.Tensor, x_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``post(f + mix)``, and the shortcut output, handed on as the next block's u[n-1].
+
+        Without a coefficient this is the plain residual step. The shortcut output is the projected
+        input for the first block of a stage (so shapes match the next block) and the input otherwise.
+        """
         if self.lm is None:
             f += shortcut
         else:
-            f += torch.lerp(shortcut, x_prev, self.lm(shortcut))
+            f = lm_mix(f, shortcut, x_prev, self.lm(shortcut))
         return self.post(f), shortcut
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

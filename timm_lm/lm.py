@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-__all__ = ['LMOptions', 'LMCoefficient', 'StableLMCoefficient', 'create_coefficient', 'DEFAULT_K_INIT']
+__all__ = ['LMOptions', 'LMCoefficient', 'StableLMCoefficient', 'create_coefficient', 'lm_mix', 'DEFAULT_K_INIT']
 
 DEFAULT_K_INIT: Tuple[float, float] = (-0.1, 0.0)  # the paper's U[-0.1, 0]
 
@@ -161,6 +161,70 @@ class StableLMCoefficient(LMCoefficient):
 
     def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
         return torch.atanh(value) if bool((value.abs() < 1).all()) else None
+
+
+def lm_mix(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``f + (1 - k) shortcut + k u_prev``, computed in place in ``f`` (the block's fresh branch output).
+
+    This replaces the ResNet's ``f += shortcut``. Written as two in-place ``addcmul_`` it makes no new
+    tensor: on CPUs a fresh activation-sized buffer (as ``f + lerp(...)`` makes) costs more than the
+    arithmetic, through page faults. In eager training, autograd's generic backward of that expression
+    would again make several activation-sized temporaries; ``_LMMixBackward`` makes only the two scaled
+    copies of the gradient that the two inputs need, and gets dk from dot products that only read.
+    Under torch.compile the expression is fused into one kernel by the compiler.
+    """
+    if not torch.jit.is_scripting() and _wants_custom_backward(f, shortcut, u_prev, k):
+        return _mix_with_custom_backward(f, shortcut, u_prev, k)
+    return f.addcmul_(1 - k, shortcut).addcmul_(k, u_prev)
+
+
+@torch.jit.unused
+def _wants_custom_backward(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> bool:
+    if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    tensors = (f, shortcut, u_prev, k)
+    return all(isinstance(t, torch.Tensor) for t in tensors) and any(t.requires_grad for t in tensors)
+
+
+@torch.jit.unused
+def _mix_with_custom_backward(f, shortcut, u_prev, k):
+    return _LMMixBackward.apply(f, shortcut, u_prev, k)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) without writing a product tensor, when both share a dense layout."""
+    if a.dim() == 4 and a.dtype in (torch.float32, torch.float64):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            if a.is_contiguous(memory_format=fmt) and b.is_contiguous(memory_format=fmt):
+                if fmt is torch.channels_last:
+                    a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
+                return torch.dot(a.reshape(-1), b.reshape(-1))
+    return (a * b).sum()
+
+
+class _LMMixBackward(torch.autograd.Function):
+    """``lm_mix`` for eager training: in-place forward, and a backward written for the mix."""
+
+    @staticmethod
+    def forward(ctx, f, s, p, k):
+        ctx.save_for_backward(s, p, k)  # s and p are held for the blocks' own backward already: no extra memory
+        ctx.mark_dirty(f)
+        return f.addcmul_(1 - k, s).addcmul_(k, p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # differentiable torch ops only, so double backward (create_graph=True) works too
+        s, p, k = ctx.saved_tensors
+        _, need_s, need_p, need_k = ctx.needs_input_grad
+        grad_s = grad * (1 - k) if need_s else None
+        grad_p = grad * k if need_p else None
+        grad_k = None
+        if need_k:
+            if k.dim() == 0:  # d/dk of <grad, f + (1 - k) s + k p> = <grad, p> - <grad, s>
+                grad_k = _dot(grad, p) - _dot(grad, s)
+            else:  # one k per channel, broadcast as (C, 1, 1)
+                grad_k = (grad * (p - s)).sum(dim=(0, 2, 3)).view_as(k)
+        return grad, grad_s, grad_p, grad_k
 
 
 def create_coefficient(

@@ -117,11 +117,11 @@ def load_lm_model(source: str, model_name: Optional[str] = None, use_ema: bool =
     """(model in eval mode, one-line description) from a model name, Hub folder or checkpoint file."""
     path = Path(source)
     if source.startswith(('hf-hub:', 'local-dir:')):
-        return timm.create_model(source).eval(), f'{source}'
+        return timm.create_model(source, pretrained=True).eval(), source
     if path.is_dir():
         if not (path / 'config.json').is_file():
             raise CheckpointError(f'{path}: a folder without config.json is not a published model folder')
-        return timm.create_model(f'local-dir:{path}').eval(), f'published folder {path}'
+        return timm.create_model(f'local-dir:{path}', pretrained=True).eval(), f'published folder {path}'
     if path.exists() or path.suffix in ('.pth', '.tar', '.pt', '.bin', '.safetensors'):
         state_dict, meta = read_checkpoint(path, use_ema=use_ema)
         arch = model_name or meta.get('arch')

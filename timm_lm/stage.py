@@ -12,8 +12,8 @@ Rules (DESIGN.md, as in the authors' reference code):
 * every later block is ``u[n+1] = post(f(u[n]) + (1 - k_n) u[n] + k_n u[n-1])``, with ``u[n-1]`` the
   previous block's input.
 
-Gradient checkpointing is per block and carries both tensors of the recurrence; timm's own
-``checkpoint_seq`` cannot be used because it calls the blocks one by one with a single tensor.
+Gradient checkpointing is per block (its residual branch) and the recurrence runs outside it; timm's
+own ``checkpoint_seq`` cannot be used because it calls the blocks one by one with a single tensor.
 """
 from collections import OrderedDict
 
@@ -43,7 +43,11 @@ class LMStage(nn.Sequential):
         x_prev = x
         for block in self:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                x, x_prev = checkpoint(block.step, x, x_prev)
+                # checkpoint the branch only: the mix and activation after it save nothing that is not
+                # kept anyway, and a checkpointed mix would make the recomputation run the branch's last
+                # layer again just to reach it
+                f, shortcut = checkpoint(block.branch_and_shortcut, x)
+                x, x_prev = block.combine(f, shortcut, x_prev)
             else:
                 x, x_prev = block.step(x, x_prev)
         return x

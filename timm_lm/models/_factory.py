@@ -6,11 +6,12 @@ Nothing is listed by hand, so a ResNet added to timm gets its LM version by itse
 """
 from typing import Any, Callable, Dict, Iterable
 
-from timm.models import get_arch_pretrained_cfgs, is_model, is_model_in_modules, split_model_name_tag
+from timm.models import generate_default_cfgs, get_arch_pretrained_cfgs, is_model, is_model_in_modules, \
+    register_model, split_model_name_tag
 
 from ..pretrained import PAPER_ID, lm_trained_cfgs, warm_start_tag
 
-__all__ = ['lm_pretrained_cfgs', 'make_entrypoint', 'unshadowed']
+__all__ = ['lm_pretrained_cfgs', 'make_entrypoint', 'unshadowed', 'register_family']
 
 _DROP_FIELDS = ('architecture', 'tag', 'source', 'notes', 'paper_ids', 'paper_name')
 
@@ -54,3 +55,19 @@ def make_entrypoint(lm_name: str, create: Callable[..., Any], module: str, doc: 
 def unshadowed(lm_names: Iterable[str], module: str) -> list:
     """The names not already taken by another module's model: an LM name never replaces timm's."""
     return [n for n in lm_names if not is_model(n) or is_model_in_modules(n, [module])]
+
+
+def register_family(namespace: Dict[str, Any], timm_names: Dict[str, str], create: Callable[..., Any],
+                    doc: str) -> Dict[str, str]:
+    """Register ``lm name -> timm name`` entrypoints into the module whose globals are ``namespace``.
+
+    Sets the module's ``default_cfgs`` first (timm's ``register_model`` reads them from the module), and
+    returns the names registered (those another module's model does not already hold).
+    """
+    module = namespace['__name__']
+    names = {n: timm_names[n] for n in unshadowed(timm_names, module.rsplit('.', 1)[-1])}
+    namespace['default_cfgs'] = generate_default_cfgs({
+        key: cfg for lm_name, base in names.items() for key, cfg in lm_pretrained_cfgs(lm_name, base).items()})
+    for lm_name, base in names.items():
+        namespace[lm_name] = register_model(make_entrypoint(lm_name, create, module, doc.format(base=base)))
+    return names

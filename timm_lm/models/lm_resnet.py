@@ -9,16 +9,14 @@ and then given LM stages, so it accepts every kwarg timm's model accepts, plus t
 from functools import partial
 from typing import List
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, list_models, register_model
+from timm.models import build_model_with_cfg, list_models
 from timm.models.resnet import ResNet
 
 from ..pretrained import warm_start_filter
 from ._base import LMModelMixin, build_lm_from_timm
-from ._factory import lm_pretrained_cfgs, make_entrypoint, unshadowed
+from ._factory import register_family
 
 __all__ = ['LMResNet']
-
-_MODULE = __name__.rsplit('.', 1)[-1]
 
 
 class LMResNet(LMModelMixin, ResNet):
@@ -38,15 +36,10 @@ def _create_lm_resnet(variant: str, pretrained: bool = False, **kwargs) -> LMRes
     )
 
 
-_TIMM_NAMES = {f'lm_{name}': name for name in list_models(module='resnet')}
-_TIMM_NAMES['lm_resnext50'] = 'resnext50_32x4d'  # the paper's name for ResNeXt-50 (32x4d)
-_TIMM_NAMES = {n: _TIMM_NAMES[n] for n in unshadowed(_TIMM_NAMES, _MODULE)}
-
-default_cfgs = generate_default_cfgs({
-    key: cfg for lm_name, base in _TIMM_NAMES.items() for key, cfg in lm_pretrained_cfgs(lm_name, base).items()
-})
-
-for _lm_name, _base in _TIMM_NAMES.items():
-    globals()[_lm_name] = register_model(make_entrypoint(
-        _lm_name, _create_lm_resnet, __name__,
-        f'LM-{_base}: timm {_base} with the LM two-step recurrence in every stage (arXiv:1710.10121).'))
+_TIMM_NAMES = register_family(
+    globals(),
+    {f'lm_{name}': name for name in list_models(module='resnet')}
+    | {'lm_resnext50': 'resnext50_32x4d'},  # the paper's name for ResNeXt-50 (32x4d)
+    _create_lm_resnet,
+    'LM-{base}: timm {base} with the LM two-step recurrence in every stage (arXiv:1710.10121).',
+)

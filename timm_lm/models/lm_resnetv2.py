@@ -8,16 +8,14 @@ from functools import partial
 from typing import List
 
 import torch
-from timm.models import build_model_with_cfg, generate_default_cfgs, list_models, register_model
+from timm.models import build_model_with_cfg, list_models
 from timm.models.resnetv2 import ResNetV2
 
 from ..pretrained import warm_start_filter, zero_lm_coefficients
 from ._base import LMModelMixin, build_lm_from_timm
-from ._factory import lm_pretrained_cfgs, make_entrypoint, unshadowed
+from ._factory import register_family
 
 __all__ = ['LMResNetV2']
-
-_MODULE = __name__.rsplit('.', 1)[-1]
 
 
 class LMResNetV2(LMModelMixin, ResNetV2):
@@ -44,14 +42,9 @@ def _create_lm_resnetv2(variant: str, pretrained: bool = False, **kwargs) -> LMR
     )
 
 
-_TIMM_NAMES = {f'lm_{name}': name for name in list_models(module='resnetv2')}
-_TIMM_NAMES = {n: _TIMM_NAMES[n] for n in unshadowed(_TIMM_NAMES, _MODULE)}
-
-default_cfgs = generate_default_cfgs({
-    key: cfg for lm_name, base in _TIMM_NAMES.items() for key, cfg in lm_pretrained_cfgs(lm_name, base).items()
-})
-
-for _lm_name, _base in _TIMM_NAMES.items():
-    globals()[_lm_name] = register_model(make_entrypoint(
-        _lm_name, _create_lm_resnetv2, __name__,
-        f'LM-{_base}: timm {_base} (pre-activation) with the LM two-step recurrence (arXiv:1710.10121).'))
+_TIMM_NAMES = register_family(
+    globals(),
+    {f'lm_{name}': name for name in list_models(module='resnetv2')},
+    _create_lm_resnetv2,
+    'LM-{base}: timm {base} (pre-activation) with the LM two-step recurrence (arXiv:1710.10121).',
+)
