@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from .stage import LMStage
+from .stage import lm_stages
 
 __all__ = [
     'BlockCoefficient', 'lm_coefficients', 'format_coefficients', 'summarize_coefficients', 'plot_coefficients',
@@ -71,7 +71,7 @@ def lm_coefficients(model: nn.Module) -> List[BlockCoefficient]:
     Raises ValueError for a model without LM stages, so that a plain timm model is not reported as an
     LM model with no coefficients.
     """
-    stages = [(path, m) for path, m in model.named_modules() if isinstance(m, LMStage)]
+    stages = list(lm_stages(model))
     if not stages:
         raise ValueError(f'{type(model).__name__} has no LM stages: pass a model created from a timm_lm name (lm_*)')
     rows, depth = [], 0

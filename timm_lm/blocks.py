@@ -23,7 +23,7 @@ from timm.models import resnet, resnetv2
 
 from .lm import lm_mix
 
-__all__ = ['LMBlockMixin', 'make_lm_block', 'is_lm_block', 'supported_block_types']
+__all__ = ['LMBlockMixin', 'make_lm_block', 'is_lm_block']
 
 
 class LMBlockMixin:
@@ -179,11 +179,6 @@ _LM_BLOCK_TYPES: Dict[Type[nn.Module], Type[nn.Module]] = {
     resnetv2.PreActBottleneck: LMPreActBottleneck,
     resnetv2.Bottleneck: LMResNetV2Bottleneck,
 }
-
-
-def supported_block_types() -> Tuple[Type[nn.Module], ...]:
-    """The timm block classes that LM stages can be built from."""
-    return tuple(_LM_BLOCK_TYPES)
 
 
 def is_lm_block(module: nn.Module) -> bool:

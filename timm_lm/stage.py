@@ -16,15 +16,16 @@ Gradient checkpointing is per block (its residual branch) and the recurrence run
 own ``checkpoint_seq`` cannot be used because it calls the blocks one by one with a single tensor.
 """
 from collections import OrderedDict
+from typing import Iterator, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models import checkpoint
 
-from .blocks import LMBlockMixin, make_lm_block
+from .blocks import make_lm_block
 from .lm import LMOptions, create_coefficient
 
-__all__ = ['LMStage', 'make_lm_stage']
+__all__ = ['LMStage', 'make_lm_stage', 'lm_stages']
 
 
 class LMStage(nn.Sequential):
@@ -71,6 +72,8 @@ def make_lm_stage(blocks: nn.Sequential, options: LMOptions) -> LMStage:
     return stage
 
 
-def lm_blocks(stage: LMStage):
-    """(index, block) for the blocks of a stage that have an LM coefficient."""
-    return [(i, b) for i, b in enumerate(stage) if isinstance(b, LMBlockMixin) and b.lm is not None]
+def lm_stages(model: nn.Module) -> Iterator[Tuple[str, LMStage]]:
+    """(path, stage) for every LM stage of a model (also inside a features_only wrapper), in forward order."""
+    for name, module in model.named_modules():
+        if isinstance(module, LMStage):
+            yield name, module

@@ -12,14 +12,14 @@ Everything else (heads, features, intermediates, pruning, layer-decay groups, pr
 the timm class's own code, unchanged.
 """
 import inspect
-from typing import Any, Dict, Iterator, List, Tuple, Type
+from typing import Any, Dict, List, Tuple, Type
 
 import torch
 import torch.nn as nn
 from timm.models import model_entrypoint
 
 from ..lm import LMOptions
-from ..stage import LMStage, make_lm_stage
+from ..stage import lm_stages, make_lm_stage
 
 __all__ = ['LMModelMixin', 'LM_OPTION_NAMES', 'split_lm_options', 'check_model_kwargs', 'build_lm_from_timm']
 
@@ -45,16 +45,8 @@ class LMModelMixin:
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        for stage in self.modules():
-            if isinstance(stage, LMStage):
-                stage.grad_checkpointing = enable
-
-
-def lm_stages(model: nn.Module) -> Iterator[Tuple[str, LMStage]]:
-    """(path, stage) for every LM stage of a model (also inside a features_only wrapper)."""
-    for name, module in model.named_modules():
-        if isinstance(module, LMStage):
-            yield name, module
+        for _, stage in lm_stages(self):
+            stage.grad_checkpointing = enable
 
 
 def split_lm_options(kwargs: Dict[str, Any]) -> Tuple[LMOptions, Dict[str, Any]]:
