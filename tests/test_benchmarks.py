@@ -28,6 +28,9 @@ def test_overhead_script(tmp_path):
     results = json.loads(out.with_suffix('.json').read_text())
     timing = results['timing']['resnet56_cifar']
     assert set(timing) == {'infer', 'train'} and timing['train']['repeats'] == 3
+    train = timing['train']
+    assert len(train['lm_step_s']) == len(train['base_step_s']) == 3
+    assert train['ratio_of_fastest'] == pytest.approx(min(train['base_step_s']) / min(train['lm_step_s']), rel=1e-4)
     assert 0.3 < timing['infer']['ratio_median'] < 3  # a ratio of two real timings
     memory = results['memory']['resnet56_cifar']['train']
     assert memory['base_peak_mib'] > 1 and 1.0 <= memory['ratio'] < 1.1  # the mix keeps at most a little more
