@@ -175,6 +175,10 @@ def lm_mix(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: tor
     """
     if not torch.jit.is_scripting() and _wants_custom_backward(f, shortcut, u_prev, k):
         return _mix_with_custom_backward(f, shortcut, u_prev, k)
+    return _mix_in_place(f, shortcut, u_prev, k)
+
+
+def _mix_in_place(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return f.addcmul_(1 - k, shortcut).addcmul_(k, u_prev)
 
 
@@ -182,7 +186,7 @@ def lm_mix(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: tor
 def _wants_custom_backward(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> bool:
     if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
-    tensors = (f, shortcut, u_prev, k)
+    tensors = (f, shortcut, u_prev, k)  # torch.fx tracing passes Proxies: they take the plain expression
     return all(isinstance(t, torch.Tensor) for t in tensors) and any(t.requires_grad for t in tensors)
 
 
@@ -209,7 +213,7 @@ class _LMMixBackward(torch.autograd.Function):
     def forward(ctx, f, s, p, k):
         ctx.save_for_backward(s, p, k)  # s and p are held for the blocks' own backward already: no extra memory
         ctx.mark_dirty(f)
-        return f.addcmul_(1 - k, s).addcmul_(k, p)
+        return _mix_in_place(f, s, p, k)
 
     @staticmethod
     def backward(ctx, grad):
