@@ -71,7 +71,11 @@ def test_backward_matches_autograd_of_the_formula():
     model.zero_grad()
     import timm_lm.blocks as blocks
     original = blocks.lm_mix
-    blocks.lm_mix = lambda f, s, p, k: f + (1 - k) * s + k * p  # autograd's own backward of the formula
+
+    def formula(f, u, u_prev, k, f_includes_u=False):  # autograd's own backward of the formula
+        return f + ((0 if f_includes_u else 1) - k) * u + k * u_prev
+
+    blocks.lm_mix = formula
     try:
         model(x).square().mean().backward()
     finally:

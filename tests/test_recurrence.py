@@ -84,7 +84,7 @@ def test_stochastic_depth_drops_the_branch_only():
     block = model.stages[0].blocks[1]
     block.drop_path = DropPath(1.0)  # always drop f
     x, x_prev = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
-    out, handed_on = block.step(x, x_prev)
+    out, handed_on = block.lm_step(x, x_prev)
     torch.testing.assert_close(out, 0.7 * x + 0.3 * x_prev)  # the LM mix survives: (1-k) u + k u_prev
     assert handed_on is x
 
@@ -98,7 +98,7 @@ def test_drop_path_rate_follows_timms_linear_rule():
 
 def test_block_called_alone_refuses():
     model = timm.create_model('lm_resnet18')
-    with pytest.raises(RuntimeError, match='LMStage'):
+    with pytest.raises(RuntimeError, match='run it through its LM stage'):
         model.layer1[1](torch.randn(1, 64, 8, 8))
     # the first block of a stage is a plain step and still works on its own
     assert model.layer1[0](torch.randn(1, 64, 8, 8)).shape == (1, 64, 8, 8)
@@ -106,6 +106,6 @@ def test_block_called_alone_refuses():
 
 def test_unsupported_block_is_a_value_error():
     from timm_lm.blocks import make_lm_block
-    with pytest.raises(ValueError, match='block=.*not supported.*BasicBlock'):
+    with pytest.raises(ValueError, match='block=torch.nn.modules.conv.Conv2d is not supported'):
         make_lm_block(nn.Conv2d(3, 3, 3))
     assert isinstance(make_lm_block(timm.models.resnet.BasicBlock(8, 8)), LMBlockMixin)

@@ -1,10 +1,13 @@
-"""Names: every family registered, listed by module, and never shadowing timm's own models."""
+"""Names: every family registered from timm's registry, listed by module, never shadowing timm's own models."""
 import pytest
 import timm
 import torch
 
 import timm_lm
-from timm_lm.stage import LMStage
+from timm_lm.models import FAMILIES
+from timm_lm.models._exclusions import EXCLUDED
+from timm_lm.models._survey import exclusion_reason
+from timm_lm.stage import lm_stages, two_step_positions
 
 PAPER_NAMES = [
     'lm_resnet18', 'lm_resnet34', 'lm_resnet50', 'lm_resnet101', 'lm_resnet152', 'lm_resnext50',
@@ -24,29 +27,39 @@ def test_paper_and_cifar_names_are_registered():
     assert set(CIFAR_PARAMS) <= names
 
 
-def test_one_lm_model_per_timm_resnet_and_resnetv2_model():
-    for timm_module, lm_module in (('resnet', 'lm_resnet'), ('resnetv2', 'lm_resnetv2')):
-        expected = {f'lm_{n}' for n in timm.list_models(module=timm_module)}
-        listed = set(timm.list_models(module=lm_module))
-        assert expected <= listed, expected - listed
-    assert set(timm.list_models(module='lm_cifar')) == set(CIFAR_PARAMS)
+LM_MODULES = sorted(f'lm_{module}' for module in FAMILIES) + ['lm_cifar']
+
+
+@pytest.mark.parametrize('module', sorted(FAMILIES))
+def test_every_timm_model_has_an_lm_model_or_a_recorded_reason(module):
+    """The registry is generated: every model of the timm module is there as lm_<name>, with one k_n per
+    two-step block, unless _exclusions.py records (truthfully, for the installed timm) why not."""
+    registered = set(timm.list_models(module=f'lm_{module}'))
+    for name in timm.list_models(module=module):
+        if name in EXCLUDED:
+            assert f'lm_{name}' not in registered, name
+            assert EXCLUDED[name] == f'{module}: {exclusion_reason(name, FAMILIES[module])}', name
+            continue
+        assert f'lm_{name}' in registered, name
+        with torch.device('meta'):
+            model = timm.create_model(f'lm_{name}')
+        stages = [stage for _, stage in lm_stages(model)]
+        expected = sum(sum(two_step_positions(stage)) for stage in stages)
+        assert len(timm_lm.lm_coefficients(model)) == expected > 0, name
+
+
+def test_exclusions_name_only_models_of_the_installed_timm_families():
+    known = {n for module in FAMILIES for n in timm.list_models(module=module)}
+    assert set(EXCLUDED) <= known
+    assert {'resnet10t', 'resnet14t', 'mobilenetv1_100', 'lcnet_100'} <= set(EXCLUDED)  # nothing to mix in them
 
 
 def test_lm_models_do_not_mix_into_timms_listings():
-    assert not [n for n in timm.list_models(module='resnet') if n.startswith('lm_')]
+    for module in FAMILIES:
+        assert not [n for n in timm.list_models(module=module) if n.startswith('lm_')]
     assert not [n for n in timm.list_models() if n.startswith('lm_')
-                and not timm.models.is_model_in_modules(n, ['lm_resnet', 'lm_resnetv2', 'lm_cifar'])]
-
-
-def test_every_registered_lm_model_builds():
-    """All generated models convert (on the meta device: no memory, a few seconds)."""
-    for name in timm.list_models('lm_*'):
-        with torch.device('meta'):
-            model = timm.create_model(name)
-        stages = [m for m in model.modules() if isinstance(m, LMStage)]
-        assert stages, name
-        # a stage of n blocks has n - 1 two-step blocks (resnet10t/14t: one block per stage, so none)
-        assert len(timm_lm.lm_coefficients(model)) == sum(len(s) - 1 for s in stages), name
+                and not timm.models.is_model_in_modules(n, LM_MODULES)]
+    assert set(timm.list_models(module='lm_cifar')) == set(CIFAR_PARAMS)
 
 
 @pytest.mark.parametrize('name', sorted(CIFAR_PARAMS))

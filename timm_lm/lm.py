@@ -2,28 +2,33 @@
 
 One LM block computes ``u[n+1] = (1 - k_n) u[n] + k_n u[n-1] + f_n(u[n])``. This module holds the
 pieces that are about k_n alone: the user-facing options (validated once, with messages that say
-what to pass instead) and the ``nn.Module`` that owns one block's k_n.
+what to pass instead), the ``nn.Module`` that owns one block's k_n, and the mix itself.
 
 Parametrisations:
 
 * free (default): ``k`` is the trainable parameter itself, one scalar per block.
 * ``k_per_channel=True``: one k per channel of the block's output, as the reference code's channel
   variant (``MResNetC``).
-* ``k_stable=True``: the parameter is ``k_raw`` and ``k = tanh(k_raw)``, so ``|k| < 1`` throughout
-  training. The recurrence's characteristic polynomial ``(z - 1)(z + k)`` then has roots 1 and
-  ``-k`` inside the unit disc: the step stays zero-stable whatever the optimiser does.
+* ``k_stable=True``: the parameter is ``k_raw`` and ``k = b tanh(k_raw)`` with ``b = 1 - 2^-8``
+  (0.99609375), so ``|k| <= b < 1`` in float32, bfloat16 and float16, whatever ``k_raw`` is (``tanh``
+  alone rounds to exactly +-1 once ``|k_raw|`` passes ~9 in float32, ~3 in bfloat16, and k = -1 is not
+  zero-stable). The recurrence's characteristic polynomial ``(z - 1)(z + k)`` then keeps its roots 1
+  and ``-k`` with ``|-k| < 1``: every step stays zero-stable, whatever the optimiser does.
 
 Every coefficient tensor is at most 1-D, so timm's ``create_optimizer_v2`` exempts it from weight
 decay exactly as it does norm weights and biases.
 """
 from dataclasses import asdict, dataclass
 from numbers import Real
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-__all__ = ['LMOptions', 'LMCoefficient', 'StableLMCoefficient', 'create_coefficient', 'lm_mix', 'DEFAULT_K_INIT']
+__all__ = [
+    'LMOptions', 'LMCoefficient', 'StableLMCoefficient', 'create_coefficient', 'lm_mix', 'STABLE_BOUND',
+    'DEFAULT_K_INIT',
+]
 
 DEFAULT_K_INIT: Tuple[float, float] = (-0.1, 0.0)  # the paper's U[-0.1, 0]
 
@@ -33,11 +38,12 @@ class LMOptions:
     """The LM model options shared by every family (they travel as ``create_model`` kwargs).
 
     Attributes:
-        lm: False builds the plain ResNet (forward Euler) from the same code, for baselines.
+        lm: False builds the plain network (forward Euler) from the same code, for baselines.
         k_init: (low, high) of the uniform initialisation of k_n, inside (-1, 1). (0, 0) starts
-            at the plain ResNet's function, e.g. for fine-tuning from ResNet weights.
+            at the plain network's function, e.g. for fine-tuning from its weights.
         k_per_channel: one k per output channel instead of one per block.
-        k_stable: parametrise ``k = tanh(k_raw)`` to keep every step zero-stable.
+        k_stable: parametrise ``k = b tanh(k_raw)``, ``b = 1 - 2^-8``, to keep every step zero-stable
+            (``|k| <= b`` in float32, bfloat16 and float16).
     """
     lm: bool = True
     k_init: Tuple[float, float] = DEFAULT_K_INIT
@@ -56,7 +62,12 @@ class LMOptions:
         for name, value in (('lm', lm), ('k_per_channel', k_per_channel), ('k_stable', k_stable)):
             if not isinstance(value, bool):
                 raise ValueError(f'{name}={value!r} is not a bool: pass {name}=True or {name}=False')
-        return cls(lm=lm, k_init=_check_k_init(k_init), k_per_channel=k_per_channel, k_stable=k_stable)
+        k_init = _check_k_init(k_init)
+        if k_stable and max(abs(v) for v in k_init) >= STABLE_BOUND:
+            raise ValueError(
+                f'k_init={k_init!r} with k_stable=True: k_stable keeps |k| <= {STABLE_BOUND} (1 - 2^-8), so pass '
+                f'values inside (-{STABLE_BOUND}, {STABLE_BOUND})')
+        return cls(lm=lm, k_init=k_init, k_per_channel=k_per_channel, k_stable=k_stable)
 
     def model_args(self) -> Dict[str, Any]:
         """The options that differ from the defaults, as ``create_model`` kwargs (for config.json)."""
@@ -83,8 +94,22 @@ def _check_k_init(k_init: Union[float, Tuple[float, float]]) -> Tuple[float, flo
     return low, high
 
 
+# The bound of k_stable: the largest number below 1 that bfloat16 represents (1 - 2^-8 = 0.99609375). It is
+# exactly representable in float16 and float32 too, and rounding is monotone, so |k| <= STABLE_BOUND < 1
+# holds after any cast between these dtypes, whatever k_raw is.
+STABLE_BOUND = 1.0 - 2.0 ** -8
+
+
 class LMCoefficient(nn.Module):
-    """The trainable k_n of one LM block, stored as is (parameter ``k``)."""
+    """The trainable k_n of one LM block, stored as is (parameter ``k``).
+
+    Args:
+        num_channels: channels of the block's output (used when ``per_channel``).
+        k_init: (low, high) of the uniform initialisation.
+        per_channel: one k per channel instead of one per block.
+        channel_dim: where the channels are in the block's activations: 1 for NCHW feature maps,
+            -1 for token (NLC) or NHWC layouts.
+    """
     param_name = 'k'
 
     def __init__(
@@ -92,12 +117,18 @@ class LMCoefficient(nn.Module):
             num_channels: int,
             k_init: Tuple[float, float] = DEFAULT_K_INIT,
             per_channel: bool = False,
+            channel_dim: int = 1,
             device=None,
             dtype=None,
     ):
         super().__init__()
+        if channel_dim not in (1, -1):
+            raise ValueError(f'channel_dim={channel_dim!r}: pass 1 (NCHW) or -1 (channels last)')
         self.per_channel = per_channel
         self.k_init = k_init
+        self.channel_dim = channel_dim
+        # the shape that broadcasts k over one activation: (C, 1, 1) for NCHW, (C,) for channels last
+        self.broadcast_shape: List[int] = [-1, 1, 1] if per_channel and channel_dim == 1 else [-1]
         shape = (num_channels,) if per_channel else ()
         self.register_parameter(self.param_name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self.reset_parameters()
@@ -106,26 +137,26 @@ class LMCoefficient(nn.Module):
     def reset_parameters(self) -> None:
         self.k.uniform_(*self.k_init)
 
-    def _k(self) -> torch.Tensor:
-        return self.k
+    def _k(self, dtype: torch.dtype) -> torch.Tensor:
+        return self.k.to(dtype)
 
     def value(self) -> torch.Tensor:
         """k_n as a detached float tensor (0-D, or 1-D when per channel), for reports."""
-        return self._k().detach().float()
+        return self._k(torch.float32).detach()
 
     def forward(self, like: torch.Tensor) -> torch.Tensor:
-        """k_n in the dtype of ``like`` and shaped to broadcast over its (N, C, H, W)."""
-        k = self._k().to(like.dtype)
+        """k_n in the dtype of ``like``, shaped to broadcast over it."""
+        k = self._k(like.dtype)
         if self.per_channel:
-            k = k.view(-1, 1, 1)
+            k = k.view(self.broadcast_shape)
         return k
 
     def extra_repr(self) -> str:
-        return f'per_channel={self.per_channel}, k_init={self.k_init}'
+        return f'per_channel={self.per_channel}, k_init={self.k_init}, channel_dim={self.channel_dim}'
 
     def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
         """This parametrisation's parameter for the other one's stored value (k_raw -> k here)."""
-        return torch.tanh(value)
+        return STABLE_BOUND * torch.tanh(value)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -136,7 +167,8 @@ class LMCoefficient(nn.Module):
         if own not in state_dict and other in state_dict:
             converted = self._from_other_parametrisation(state_dict[other])
             if converted is None:
-                error_msgs.append(f'{other}: k_n outside (-1, 1) cannot be loaded into a k_stable=True model')
+                error_msgs.append(f'{other}: k_n outside (-{STABLE_BOUND}, {STABLE_BOUND}) cannot be loaded into a '
+                                  f'k_stable=True model (its bound)')
             else:
                 del state_dict[other]
                 state_dict[own] = converted
@@ -145,95 +177,31 @@ class LMCoefficient(nn.Module):
 
 
 class StableLMCoefficient(LMCoefficient):
-    """k_n = tanh(k_raw): always inside (-1, 1), so the step is zero-stable throughout training.
+    """k_n = b tanh(k_raw) with b = ``STABLE_BOUND`` = 1 - 2^-8: |k_n| <= b < 1 in float32, bfloat16 and float16.
 
-    The parameter has its own name (``k_raw``): what is stored differs from the free parametrisation's
-    ``k``. Loading a checkpoint of one parametrisation into the other converts the value (same k_n).
+    ``tanh`` alone rounds to exactly +-1 once |k_raw| passes ~9 in float32 (~3 in bfloat16), and k = -1
+    is not zero-stable; the factor b keeps the bound after rounding to any of these dtypes, smoothly
+    (no clamp, so no gradient is cut). The parameter has its own name (``k_raw``): what is stored
+    differs from the free parametrisation's ``k``. Loading a checkpoint of one parametrisation into
+    the other converts the value (same k_n).
     """
     param_name = 'k_raw'
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        self.k_raw.uniform_(*self.k_init).atanh_()
+        self.k_raw.uniform_(*self.k_init).div_(STABLE_BOUND).atanh_()
 
-    def _k(self) -> torch.Tensor:
-        return torch.tanh(self.k_raw)
+    def _k(self, dtype: torch.dtype) -> torch.Tensor:
+        return (STABLE_BOUND * torch.tanh(self.k_raw)).to(dtype)
 
     def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
-        return torch.atanh(value) if bool((value.abs() < 1).all()) else None
-
-
-def lm_mix(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``f + (1 - k) shortcut + k u_prev``, computed in place in ``f`` (the block's fresh branch output).
-
-    This replaces the ResNet's ``f += shortcut``. Written as two in-place ``addcmul_`` it makes no new
-    tensor: on CPUs a fresh activation-sized buffer (as ``f + lerp(...)`` makes) costs more than the
-    arithmetic, through page faults. In eager training, autograd's generic backward of that expression
-    would again make several activation-sized temporaries; ``_LMMixBackward`` makes only the two scaled
-    copies of the gradient that the two inputs need, and gets dk from dot products that only read.
-    Under torch.compile the expression is fused into one kernel by the compiler.
-    """
-    if not torch.jit.is_scripting() and _wants_custom_backward(f, shortcut, u_prev, k):
-        return _mix_with_custom_backward(f, shortcut, u_prev, k)
-    return _mix_in_place(f, shortcut, u_prev, k)
-
-
-def _mix_in_place(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    return f.addcmul_(1 - k, shortcut).addcmul_(k, u_prev)
-
-
-@torch.jit.unused
-def _wants_custom_backward(f: torch.Tensor, shortcut: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> bool:
-    if not torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    tensors = (f, shortcut, u_prev, k)  # torch.fx tracing passes Proxies: they take the plain expression
-    return all(isinstance(t, torch.Tensor) for t in tensors) and any(t.requires_grad for t in tensors)
-
-
-@torch.jit.unused
-def _mix_with_custom_backward(f, shortcut, u_prev, k):
-    return _LMMixBackward.apply(f, shortcut, u_prev, k)
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) without writing a product tensor, when both share a dense layout."""
-    if a.dim() == 4 and a.dtype in (torch.float32, torch.float64):
-        for fmt in (torch.contiguous_format, torch.channels_last):
-            if a.is_contiguous(memory_format=fmt) and b.is_contiguous(memory_format=fmt):
-                if fmt is torch.channels_last:
-                    a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
-                return torch.dot(a.reshape(-1), b.reshape(-1))
-    return (a * b).sum()
-
-
-class _LMMixBackward(torch.autograd.Function):
-    """``lm_mix`` for eager training: in-place forward, and a backward written for the mix."""
-
-    @staticmethod
-    def forward(ctx, f, s, p, k):
-        ctx.save_for_backward(s, p, k)  # s and p are held for the blocks' own backward already: no extra memory
-        ctx.mark_dirty(f)
-        return _mix_in_place(f, s, p, k)
-
-    @staticmethod
-    def backward(ctx, grad):
-        # differentiable torch ops only, so double backward (create_graph=True) works too
-        s, p, k = ctx.saved_tensors
-        _, need_s, need_p, need_k = ctx.needs_input_grad
-        grad_s = grad * (1 - k) if need_s else None
-        grad_p = grad * k if need_p else None
-        grad_k = None
-        if need_k:
-            if k.dim() == 0:  # d/dk of <grad, f + (1 - k) s + k p> = <grad, p> - <grad, s>
-                grad_k = _dot(grad, p) - _dot(grad, s)
-            else:  # one k per channel, broadcast as (C, 1, 1)
-                grad_k = (grad * (p - s)).sum(dim=(0, 2, 3)).view_as(k)
-        return grad, grad_s, grad_p, grad_k
+        return torch.atanh(value / STABLE_BOUND) if bool((value.abs() < STABLE_BOUND).all()) else None
 
 
 def create_coefficient(
         options: LMOptions,
         num_channels: int,
+        channel_dim: int = 1,
         device=None,
         dtype=None,
 ) -> Optional[LMCoefficient]:
@@ -241,4 +209,99 @@ def create_coefficient(
     if not options.lm:
         return None
     cls = StableLMCoefficient if options.k_stable else LMCoefficient
-    return cls(num_channels, options.k_init, per_channel=options.k_per_channel, device=device, dtype=dtype)
+    return cls(num_channels, options.k_init, per_channel=options.k_per_channel, channel_dim=channel_dim,
+               device=device, dtype=dtype)
+
+
+def lm_mix(
+        f: torch.Tensor,
+        u: torch.Tensor,
+        u_prev: torch.Tensor,
+        k: torch.Tensor,
+        f_includes_u: bool = False,
+) -> torch.Tensor:
+    """The LM step from a block's parts: ``f + (1 - k) u + k u_prev``.
+
+    Two forms, one formula ``f + (c - k) u + k u_prev``:
+
+    * ``f_includes_u=False`` (c = 1): ``f`` is the residual branch and ``u`` the shortcut, mixed before a
+      post-activation block's final activation;
+    * ``f_includes_u=True`` (c = 0): ``f`` is the whole block's output ``u + F(u)``, so the step is
+      ``block(u) + k (u_prev - u)``: timm's own forward, untouched, plus the correction.
+
+    At k = 0 both are exactly the block. Where it is safe the result is computed in place in ``f`` (a
+    fresh activation that nothing else holds): on CPUs a new activation-sized buffer costs more than the
+    arithmetic. In eager training ``_LMMixBackward`` makes only the two scaled gradient copies the
+    inputs need and gets dk from dot products that only read. Under torch.compile, torch.func
+    transforms, forward-mode AD and fx tracing the plain out-of-place expression is used: the compiler
+    fuses it, and the transforms differentiate it themselves.
+    """
+    c = 0.0 if f_includes_u else 1.0
+    if torch.jit.is_scripting():
+        return _mix_in_place(f, u, u_prev, k, c)
+    if _is_plain_autograd(f, u, u_prev, k):
+        if f.requires_grad or u.requires_grad or u_prev.requires_grad or k.requires_grad:
+            if f._base is None:  # in place on a view inside a custom Function is not allowed
+                return _LMMixBackward.apply(f, u, u_prev, k, c)
+            return _mix_out_of_place(f, u, u_prev, k, c)
+        return _mix_in_place(f, u, u_prev, k, c)
+    return _mix_out_of_place(f, u, u_prev, k, c)
+
+
+def _mix_in_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor, c: float) -> torch.Tensor:
+    return f.addcmul_(c - k, u).addcmul_(k, u_prev)
+
+
+def _mix_out_of_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor,
+                      c: float) -> torch.Tensor:
+    return torch.addcmul(torch.addcmul(f, c - k, u), k, u_prev)
+
+
+@torch.jit.unused
+def _is_plain_autograd(*tensors) -> bool:
+    """Ordinary eager tensors: no compiler, tracer, torch.func transform or forward-mode AD at work."""
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if torch._C._are_functorch_transforms_active() or torch.autograd.forward_ad._current_level >= 0:
+        return False
+    return all(type(t) is torch.Tensor or type(t) is nn.Parameter for t in tensors)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """sum(a * b) without writing a product tensor, when both share a dense layout."""
+    if a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype:
+        if a.is_contiguous() and b.is_contiguous():
+            return torch.dot(a.reshape(-1), b.reshape(-1))
+        if a.dim() == 4 and a.is_contiguous(memory_format=torch.channels_last) \
+                and b.is_contiguous(memory_format=torch.channels_last):
+            return torch.dot(a.permute(0, 2, 3, 1).reshape(-1), b.permute(0, 2, 3, 1).reshape(-1))
+    return (a * b).sum()
+
+
+class _LMMixBackward(torch.autograd.Function):
+    """``lm_mix`` for eager training: in-place forward, and a backward written for the mix.
+
+    Used only under plain autograd (``lm_mix`` steps aside under torch.func transforms and forward-mode
+    AD). The backward is made of differentiable torch ops, so double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, f, u, u_prev, k, c):
+        ctx.save_for_backward(u, u_prev, k)  # both are held for the blocks' own backward already
+        ctx.c = c
+        ctx.mark_dirty(f)
+        return _mix_in_place(f, u, u_prev, k, c)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, u_prev, k = ctx.saved_tensors
+        _, need_u, need_prev, need_k, _ = ctx.needs_input_grad
+        grad_u = grad * (ctx.c - k) if need_u else None
+        grad_prev = grad * k if need_prev else None
+        grad_k = None
+        if need_k:  # d/dk of <grad, f + (c - k) u + k u_prev> = <grad, u_prev> - <grad, u>
+            if k.dim() == 0:
+                grad_k = _dot(grad, u_prev) - _dot(grad, u)
+            else:  # one k per channel, broadcast over the other dims
+                grad_k = (grad * (u_prev - u)).sum_to_size(k.shape)
+        return grad, grad_u, grad_prev, grad_k, None

@@ -1,38 +1,43 @@
 """LM stage: runs a stage's residual blocks with the linear two-step recurrence.
 
 The stage holds timm's block modules unchanged, under their original names (``layer2.0``,
-``stages.1.blocks.3``, ...), so state-dict keys are timm's plus one coefficient per two-step block
-(``<block>.lm.k``). It maps one tensor to one tensor, like the ``nn.Sequential`` it replaces, so
+``stages.1.blocks.3``, ``blocks.7``, ...), so state-dict keys are timm's plus one coefficient per
+two-step block (``<block>.lm.k``). It maps one tensor to one tensor, like the container it replaces, so
 everything timm does per stage (features_only, forward_intermediates, pruning) keeps working.
 
-Rules (DESIGN.md, as in the authors' reference code):
+Which blocks take the two-step rule: block ``n`` of a stage gets a coefficient k_n when it and block
+``n - 1`` are both residual steps on the same state shape (``LMBlockMixin.lm_residual``); the other
+blocks are plain steps. So:
 
-* the first block of a stage (it may change stride or width) is a plain residual step and hands on
-  its shortcut output (the projected input) as ``u[n-1]``;
-* every later block is ``u[n+1] = post(f(u[n]) + (1 - k_n) u[n] + k_n u[n-1])``, with ``u[n-1]`` the
-  previous block's input.
+* the first block of a stage is a plain step. A block that changes stride or width (ResNet) hands on
+  its projected shortcut as ``u[n-1]``, as in the authors' reference code; a block with an identity
+  skip (ViT, ConvNeXt after its stage's downsample) hands on its input;
+* a block without a skip (the first block of an EfficientNet stage) is not a residual step: the
+  recurrence starts after it, at the stage's third block;
+* every two-step block computes ``u[n+1] = (1 - k_n) u[n] + k_n u[n-1] + f_n(u[n])`` with ``u[n-1]``
+  handed on by the block before it.
 
-Gradient checkpointing is per block (its residual branch) and the recurrence runs outside it; timm's
-own ``checkpoint_seq`` cannot be used because it calls the blocks one by one with a single tensor.
+Gradient checkpointing is per block (its residual branch, or its whole forward) and the mix runs
+outside it; timm's own ``checkpoint_seq`` cannot be used because it calls the blocks one by one with a
+single tensor.
 """
 from collections import OrderedDict
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import torch
 import torch.nn as nn
-from timm.models import checkpoint
 
 from .blocks import make_lm_block
 from .lm import LMOptions, create_coefficient
 
-__all__ = ['LMStage', 'make_lm_stage', 'lm_stages']
+__all__ = ['LMStage', 'make_lm_stage', 'lm_stages', 'two_step_positions']
 
 
 class LMStage(nn.Sequential):
     """A sequence of residual blocks run as the LM two-step recurrence.
 
-    It stays an ``nn.Sequential`` so that ``stage[i]``, ``len(stage)`` and iteration behave as on
-    timm's stage (e.g. ``model.layer4[-1]`` for CAM hooks). Calling an LM block on its own raises,
+    It stays an ``nn.Sequential`` so that ``stage[i]``, ``len(stage)``, slicing and iteration behave as on
+    timm's container (e.g. ``model.layer4[-1]`` for CAM hooks). Calling an LM block on its own raises,
     so code that runs the blocks one by one fails loudly instead of computing a plain ResNet.
     """
 
@@ -44,31 +49,37 @@ class LMStage(nn.Sequential):
         x_prev = x
         for block in self:
             if self.grad_checkpointing and not torch.jit.is_scripting():
-                # checkpoint the branch only: the mix and activation after it save nothing that is not
-                # kept anyway, and a checkpointed mix would make the recomputation run the branch's last
-                # layer again just to reach it
-                f, shortcut = checkpoint(block.branch_and_shortcut, x)
-                x, x_prev = block.combine(f, shortcut, x_prev)
+                x, x_prev = block.lm_step_eager(x, x_prev, True)
             else:
-                x, x_prev = block.step(x, x_prev)
+                x, x_prev = block.lm_step(x, x_prev)
         return x
 
+    @torch.jit.unused
+    def iter_outputs(self, x: torch.Tensor, **block_kwargs) -> Iterator[torch.Tensor]:
+        """Yield every block's output u[n+1] in turn (for intermediates, stopping early, block kwargs)."""
+        x_prev = x
+        for block in self:
+            x, x_prev = block.lm_step_eager(x, x_prev, self.grad_checkpointing, **block_kwargs)
+            yield x
 
-def make_lm_stage(blocks: nn.Sequential, options: LMOptions) -> LMStage:
-    """Build an LM stage around the blocks of a timm stage (the blocks are retyped in place)."""
+
+def two_step_positions(blocks: nn.Module) -> List[bool]:
+    """For each block of a timm stage container, whether the LM rule gives it a coefficient."""
+    residual = [make_lm_block(block).lm_residual() for block in blocks.children()]
+    return [n > 0 and residual[n] and residual[n - 1] for n in range(len(residual))]
+
+
+def make_lm_stage(blocks: nn.Module, options: LMOptions) -> LMStage:
+    """Build an LM stage around the blocks of a timm stage container (the blocks are retyped in place)."""
     named = list(blocks.named_children())
     if not named:
         raise ValueError('a stage needs at least one residual block')
     stage = LMStage(OrderedDict(named))
-    for index, (name, block) in enumerate(named):
-        block = make_lm_block(block)
-        if index > 0:
-            if block.downsample is not None:
-                raise ValueError(
-                    f'block {name} has a shortcut projection but is not the first block of its stage: '
-                    f'the LM two-step rule needs u[n] and u[n-1] of the same shape')
+    for block, two_step in zip(stage, two_step_positions(stage)):
+        if two_step:
             ref = next(block.parameters())
-            block.lm = create_coefficient(options, block.num_out_channels(), device=ref.device, dtype=ref.dtype)
+            block.lm = create_coefficient(options, block.lm_channels(), block.lm_channel_dim, device=ref.device,
+                                          dtype=ref.dtype)
     return stage
 
 
