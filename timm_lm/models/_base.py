@@ -13,7 +13,7 @@ the timm class's own code, unchanged, except where a family's code runs blocks o
 family module overrides that path).
 """
 import inspect
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -81,21 +81,25 @@ def split_lm_options(kwargs: Dict[str, Any]) -> Tuple[LMOptions, Dict[str, Any]]
     return LMOptions.create(**lm_kwargs), rest
 
 
-def check_model_kwargs(model_cls: Type[nn.Module], kwargs: Dict[str, Any], model_name: str) -> None:
+def check_model_kwargs(model_classes: Sequence[Type[nn.Module]], kwargs: Dict[str, Any], model_name: str) -> None:
     """Refuse options the model does not have, naming them and what is accepted (``UnknownOptionError``).
 
+    ``model_classes`` are the classes the model may be (a family's entrypoints can build more than one).
     timm itself would fail with a bare TypeError from deep inside the constructor; an LM user more often
     mistypes one of the LM options, so say which ones exist.
     """
-    params = inspect.signature(model_cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    accepted = [n for n in params if n != 'self']
+    accepted = []
+    for model_cls in model_classes:
+        params = inspect.signature(model_cls.__init__).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return
+        accepted += [n for n in params if n != 'self' and n not in accepted]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
+        names = '/'.join(c.__name__ for c in model_classes)
         raise UnknownOptionError(
             f'unknown option(s) {", ".join(unknown)} for {model_name}: LM options are '
-            f'{", ".join(LM_OPTION_NAMES)}; {model_cls.__name__} options are {", ".join(accepted)}')
+            f'{", ".join(LM_OPTION_NAMES)}; {names} options are {", ".join(accepted)}')
 
 
 def timm_class_of(lm_cls: Type[nn.Module]) -> Type[nn.Module]:
@@ -104,7 +108,7 @@ def timm_class_of(lm_cls: Type[nn.Module]) -> Type[nn.Module]:
 
 
 def build_lm_from_timm(
-        lm_cls: Type[nn.Module],
+        lm_classes: Sequence[Type[nn.Module]],
         base_name: str,
         lm_name: str,
         timm_pretrained_cfg: Optional[Dict[str, Any]] = None,
@@ -114,19 +118,20 @@ def build_lm_from_timm(
 
     Going through timm's entrypoint means every timm model of the family, present or future, is
     built exactly as timm builds it (stems, attention, pruned channel configs, ...). The instance is
-    then retyped to the LM subclass of its timm class, which adds methods only.
+    then retyped to the LM subclass of its timm class (one of ``lm_classes``), which adds methods only.
 
     With ``timm_pretrained_cfg`` (a warm start) timm's entrypoint also loads those weights, with its own
     per-model filters, strictness and input / class adaptation, and every k_n is then set to 0.
     """
     options, model_kwargs = split_lm_options(kwargs)
-    timm_cls = timm_class_of(lm_cls)
-    check_model_kwargs(timm_cls, model_kwargs, lm_name)
+    by_timm_class = {timm_class_of(c): c for c in lm_classes}
+    check_model_kwargs(list(by_timm_class), model_kwargs, lm_name)
     if timm_pretrained_cfg is not None:
         model_kwargs['pretrained_cfg'] = timm_pretrained_cfg
     model = model_entrypoint(base_name)(pretrained=timm_pretrained_cfg is not None, **model_kwargs)
-    if type(model) is not timm_cls:
-        raise ValueError(f'{base_name} builds a {type(model).__name__}, not a {timm_cls.__name__}')
+    lm_cls = by_timm_class.get(type(model))
+    if lm_cls is None:
+        raise ValueError(f'{base_name} builds a {type(model).__name__}, which has no LM class')
     model.__class__ = lm_cls
     model.init_lm(options)
     if timm_pretrained_cfg is not None:

@@ -12,7 +12,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import timm
 import torch
@@ -25,14 +25,14 @@ __all__ = ['exclusion_reason', 'survey', 'render', 'main']
 EXCLUSIONS_FILE = Path(__file__).with_name('_exclusions.py')
 
 
-def exclusion_reason(timm_name: str, lm_cls: type) -> Optional[str]:
-    """Why ``lm_cls`` cannot extend timm's ``timm_name``, or None if it can."""
+def exclusion_reason(timm_name: str, lm_classes: Sequence[type]) -> Optional[str]:
+    """Why no class of ``lm_classes`` can extend timm's ``timm_name``, or None if one can."""
     with warnings.catch_warnings(), torch.device('meta'):
         warnings.simplefilter('ignore')
         model = timm.create_model(timm_name)
-    timm_cls = timm_class_of(lm_cls)
-    if type(model) is not timm_cls:
-        return f'builds a {type(model).__name__}, not a {timm_cls.__name__}'
+    lm_cls = {timm_class_of(c): c for c in lm_classes}.get(type(model))
+    if lm_cls is None:
+        return f'builds a {type(model).__name__}, which has no LM class'
     try:
         positions = [two_step_positions(model.get_submodule(p)) for p in lm_cls.lm_stage_paths(model)]
     except ValueError as err:  # a block type the LM rule does not know
@@ -42,13 +42,12 @@ def exclusion_reason(timm_name: str, lm_cls: type) -> Optional[str]:
     return None
 
 
-def survey(families: Dict[str, type], modules: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, str]]:
+def survey(families: Dict[str, Sequence[type]], modules: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, str]]:
     """{timm module: {timm model name: reason}} for the models each family must leave out."""
     found = {}
     for module in modules or families:
-        lm_cls = families[module]
         found[module] = {name: reason for name in timm.list_models(module=module)
-                         if (reason := exclusion_reason(name, lm_cls)) is not None}
+                         if (reason := exclusion_reason(name, families[module])) is not None}
     return found
 
 

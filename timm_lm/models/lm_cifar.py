@@ -154,7 +154,7 @@ class LMCifarResNet(LMResNetV2):
 
 
 def _build_lm_cifar(variant: str, **kwargs) -> LMCifarResNet:
-    check_model_kwargs(LMCifarResNet, kwargs, variant)
+    check_model_kwargs([LMCifarResNet], kwargs, variant)
     return LMCifarResNet(**kwargs)
 
 

@@ -29,5 +29,5 @@ _TIMM_NAMES = register_family(
     LMSwinTransformer,
     {f'lm_{name}': name for name in list_models(module='swin_transformer')},
     'LM-{base}: timm {base} with the LM two-step recurrence in every stage (arXiv:1710.10121).',
-    feature_cfg=dict(flatten_sequential=True),  # as timm's Swin: layers.<i> are the feature taps
+    feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),  # as timm's Swin: layers.<i> are the taps
 )

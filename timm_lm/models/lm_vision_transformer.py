@@ -11,6 +11,7 @@ timm's ``VisionTransformer`` runs its blocks one by one in ``forward_intermediat
 masked-attention path; those two paths are written here so that they run the recurrence (and the
 first block's input, not a plain residual step, reaches the second block).
 """
+import inspect
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -20,11 +21,11 @@ from timm.models._features import feature_take_indices
 from ._base import LMModelMixin
 from ._factory import register_family
 
-__all__ = ['LMVisionTransformer']
+__all__ = ['LMViTFamily', 'LMVisionTransformer']
 
 
-class LMVisionTransformer(LMModelMixin, vision_transformer.VisionTransformer):
-    """timm ``VisionTransformer`` whose blocks run the LM recurrence."""
+class LMViTFamily(LMModelMixin):
+    """The LM rule over a timm ``VisionTransformer`` (or subclass): mixed in before the timm class."""
 
     def lm_stage_paths(self) -> List[str]:
         return ['blocks']
@@ -38,12 +39,13 @@ class LMVisionTransformer(LMModelMixin, vision_transformer.VisionTransformer):
 
     @torch.jit.unused
     def _lm_block_outputs(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], is_causal: bool):
-        """Every block's output in turn; the attention options only where given (older timm lacks is_causal)."""
+        """Every block's output in turn, with the attention options the blocks take (timm < 1.0.26: no
+        ``is_causal``). No test on the options' values, so that torch.fx can trace this with them as inputs."""
         block_kwargs: Dict[str, Any] = {}
         if attn_mask is not None:
             block_kwargs['attn_mask'] = attn_mask
-        if is_causal:
-            block_kwargs['is_causal'] = True
+        if len(self.blocks) and 'is_causal' in inspect.signature(type(self.blocks[0]).forward).parameters:
+            block_kwargs['is_causal'] = is_causal
         return self.blocks.iter_outputs(x, **block_kwargs)
 
     @torch.jit.unused
@@ -59,10 +61,10 @@ class LMVisionTransformer(LMModelMixin, vision_transformer.VisionTransformer):
             is_causal: bool = False,
     ) -> torch.Tensor:
         x = self._lm_embed(x)
-        if attn_mask is None and not is_causal:
-            x = self.blocks(x)
-        else:
+        if attn_mask is not None or is_causal:  # timm's test, in timm's order (torch.fx traces it the same way)
             x = self._lm_masked_blocks(x, attn_mask, is_causal)
+        else:
+            x = self.blocks(x)
         return self.norm(x)
 
     def forward_intermediates(
@@ -114,6 +116,10 @@ class LMVisionTransformer(LMModelMixin, vision_transformer.VisionTransformer):
         if intermediates_only:
             return taps
         return self.norm(x), taps
+
+
+class LMVisionTransformer(LMViTFamily, vision_transformer.VisionTransformer):
+    """timm ``VisionTransformer`` whose blocks run the LM recurrence."""
 
 
 _TIMM_NAMES = register_family(
