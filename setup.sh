@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Set-up for a fresh machine, safe to run again (it only installs what changed):
 #  - .venv/ with torch, timm-lm (editable) and its test tools;
+#  - timm's own model test-suite (tests/test_models.py of the installed timm's source distribution, from
+#    PyPI) under .timm-tests/, which tests/test_timm_model_suite.py runs on the LM models;
 #  - Debian's Fashion-MNIST (dataset-fashion-mnist) for the quickstart, when apt-get can be used.
 # TORCH_PIP_SPEC overrides the torch pin (the default is the build that this project is tested with).
 set -euo pipefail
@@ -19,6 +21,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install -q -e '.[test]'
     echo "$want" > "$stamp"
 fi
+
+.ci/fetch-timm-suite "$(.venv/bin/python -c 'import timm; print(timm.__version__)')"
 
 fmnist=/usr/share/datasets/fashion-mnist
 if [ ! -f "$fmnist/train-images-idx3-ubyte.gz" ]; then

@@ -1,6 +1,7 @@
-"""Cost of the LM mix: each LM model beside the ResNet it extends, in one process, interleaved.
+"""Cost of the LM mix: each LM model beside the timm model it extends, in one process, interleaved.
 
     python benchmarks/overhead.py [--clock cpu|wall] [--repeats 30] [--modes train infer ...] [--pairs resnet50 ...]
+    python benchmarks/overhead.py --device cuda [--pairs ...]      # bf16 autocast, channels-last, CUDA clock
 
 For every pair and mode the two models run alternately, one step each (the order flips every repeat);
 the throughput ratio LM / ResNet of each adjacent pair is summarised by its median, interquartile range
@@ -11,11 +12,21 @@ Modes: ``train`` (forward + backward), ``infer`` (no_grad forward), ``compile-tr
 ``compile-infer`` (``torch.compile``, default inductor backend, timed after compiling), ``ckpt-train``
 (training with ``set_grad_checkpointing()``). Results go to ``benchmarks/results/overhead_<clock>.{json,md}``.
 
+Pairs: LM-ResNet-50 / LM-ResNeXt-50 / LM-ConvNeXt-T / LM-ViT-S / LM-EfficientNet-B0 beside timm's model,
+the CIFAR LM-ResNet-56 beside itself built with ``lm=False``, and ``resnet56_cifar_split``: the CIFAR model
+whose identity-shortcut pre-activation blocks take the two-step rule from their parts (the "split", as
+post-activation blocks do) beside the same model with timm's own block forward plus the correction (the
+"whole" step, the default): what not copying the blocks costs.
+
 Clocks: on a shared virtual machine, elapsed time includes whatever the hypervisor takes (the "CPU
 stolen" column); ``--clock cpu`` (the default) times the CPU work of one computing thread instead, which
 is what the mix itself costs. ``--clock wall`` gives the elapsed time a user sees with all cores.
+``--device cuda`` runs both models on the GPU under bfloat16 autocast with channels-last inputs, timed
+with ``torch.cuda.synchronize`` around each step (wall clock), peak memory from
+``torch.cuda.max_memory_allocated``.
 """
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -33,6 +44,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import timm_lm  # noqa: F401  (registers the LM models)
 from machine import cpu_counters, machine_info, steal_percent
+from timm_lm.blocks import LMSplitBlock
 
 RESULTS = Path(__file__).parent / 'results'
 
@@ -43,42 +55,98 @@ class Pair:
     lm: Tuple[str, Dict]
     base: Tuple[str, Dict]
     input_shape: Tuple[int, int, int, int]
+    lm_label: str = ''  # how the LM side differs, where its name does not say it
+    base_label: str = ''
+
+    def describe(self) -> str:
+        base = self.base_label or (self.base[0] + (' lm=False' if self.base[1].get('lm') is False else ''))
+        n, _, h, w = self.input_shape
+        return f'{self.lm_label or self.lm[0]} vs {base} ({n}x{h}x{w})'
 
 
+def split_everywhere(model: torch.nn.Module) -> torch.nn.Module:
+    """Make every pre-activation block with an identity shortcut take the step from its parts (the split)."""
+    for block in model.modules():
+        if isinstance(block, LMSplitBlock) and not block.lm_split:
+            block.lm_split = True
+    return model
+
+
+VIT_SMALL = dict(img_size=112)  # 7 x 7 patches + class token: a ViT-S step this CPU can repeat 30 times
 PAIRS = {
     'resnet50': Pair('resnet50', ('lm_resnet50', {}), ('resnet50', {}), (8, 3, 128, 128)),
     'resnext50': Pair('resnext50', ('lm_resnext50', {}), ('resnext50_32x4d', {}), (8, 3, 128, 128)),
+    'convnext_tiny': Pair('convnext_tiny', ('lm_convnext_tiny', {}), ('convnext_tiny', {}), (8, 3, 128, 128)),
+    'vit_small': Pair('vit_small', ('lm_vit_small_patch16_224', VIT_SMALL), ('vit_small_patch16_224', VIT_SMALL),
+                      (8, 3, 112, 112)),
+    'efficientnet_b0': Pair('efficientnet_b0', ('lm_efficientnet_b0', {}), ('efficientnet_b0', {}), (8, 3, 128, 128)),
     'resnet56_cifar': Pair('resnet56_cifar', ('lm_resnet56_cifar', {}), ('lm_resnet56_cifar', {'lm': False}),
                            (64, 3, 32, 32)),
+    'resnet56_cifar_split': Pair(
+        'resnet56_cifar_split', ('lm_resnet56_cifar', {'transform': 'split_everywhere'}), ('lm_resnet56_cifar', {}),
+        (64, 3, 32, 32), lm_label='lm_resnet56_cifar (split blocks)', base_label='lm_resnet56_cifar (whole blocks)'),
+    'resnetv2_50_split': Pair(
+        'resnetv2_50_split', ('lm_resnetv2_50', {'transform': 'split_everywhere'}), ('lm_resnetv2_50', {}),
+        (8, 3, 128, 128), lm_label='lm_resnetv2_50 (split blocks)', base_label='lm_resnetv2_50 (whole blocks)'),
 }
+TRANSFORMS = {'split_everywhere': split_everywhere}
 MODES = ('train', 'infer', 'compile-train', 'compile-infer', 'ckpt-train')
 CLOCKS = dict(cpu='CPU time of the single computing thread (torch.set_num_threads(1), time.thread_time)',
-              wall='elapsed time with all torch threads (time.perf_counter)')
+              wall='elapsed time (time.perf_counter; on CUDA after torch.cuda.synchronize)')
 
 
-def _build(spec: Tuple[str, Dict], mode: str) -> torch.nn.Module:
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the models run: the CPU in float32, or a CUDA GPU with bf16 autocast and channels-last."""
+    device: str = 'cpu'
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith('cuda')
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def autocast(self):
+        return torch.autocast('cuda', dtype=torch.bfloat16) if self.cuda else contextlib.nullcontext()
+
+    def prepare(self, t):
+        """A model or input on the device, channels-last on CUDA (where cuDNN wants it)."""
+        t = t.to(self.device)
+        return t.to(memory_format=torch.channels_last) if self.cuda and (not torch.is_tensor(t) or t.dim() == 4) else t
+
+
+def _build(spec: Tuple[str, Dict], mode: str, rt: Runtime = Runtime()) -> torch.nn.Module:
     torch.manual_seed(0)
-    model = timm.create_model(spec[0], **spec[1])
+    kwargs = dict(spec[1])
+    transform = TRANSFORMS.get(kwargs.pop('transform', None), lambda m: m)
+    model = rt.prepare(transform(timm.create_model(spec[0], **kwargs)))
     model.train(mode.endswith('train'))
     if mode == 'ckpt-train':
         model.set_grad_checkpointing(True)
     return model
 
 
-def _step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor) -> Callable[[], None]:
+def _step_fn(model: torch.nn.Module, mode: str, x: torch.Tensor, rt: Runtime = Runtime()) -> Callable[[], None]:
     runner = torch.compile(model) if mode.startswith('compile') else model
     if mode.endswith('infer'):
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), rt.autocast():
                 runner(x)
+            rt.sync()
     else:
         def step():
             model.zero_grad(set_to_none=True)
-            runner(x).sum().backward()
+            with rt.autocast():
+                loss = runner(x).float().sum()
+            loss.backward()
+            rt.sync()
     return step
 
 
-def time_pair(pair: Pair, mode: str, repeats: int, clock: Callable[[], float] = time.perf_counter) -> Dict:
+def time_pair(pair: Pair, mode: str, repeats: int, clock: Callable[[], float] = time.perf_counter,
+              rt: Runtime = Runtime()) -> Dict:
     """Alternate single steps of the two models ``repeats`` times (order flipped each time).
 
     Short, adjacent measurements: a burst of interference rarely hits only one of a pair, and the
@@ -87,11 +155,11 @@ def time_pair(pair: Pair, mode: str, repeats: int, clock: Callable[[], float] = 
     costs (for steps of a few milliseconds it is no steadier than the median); the step times are kept
     in the results.
     """
-    x = torch.randn(*pair.input_shape)
+    x = rt.prepare(torch.randn(*pair.input_shape))
     counters = cpu_counters()
     fns, first_step_s = {}, {}
     for name, spec in (('lm', pair.lm), ('base', pair.base)):
-        fn = _step_fn(_build(spec, mode), mode, x)
+        fn = _step_fn(_build(spec, mode, rt), mode, x, rt)
         start = time.perf_counter()
         fn()  # compiles in the compile modes
         first_step_s[name] = time.perf_counter() - start
@@ -135,9 +203,20 @@ def peak_training_bytes(model: torch.nn.Module, x: torch.Tensor) -> int:
     return peak
 
 
-def memory_pair(pair: Pair, mode: str) -> Dict:
-    x = torch.randn(*pair.input_shape)
-    peaks = {name: peak_training_bytes(_build(spec, mode), x) for name, spec in (('lm', pair.lm), ('base', pair.base))}
+def peak_cuda_training_bytes(model: torch.nn.Module, x: torch.Tensor, rt: Runtime) -> int:
+    """Peak CUDA memory allocated during one training step (after a warm-up step)."""
+    step = _step_fn(model, 'train', x, rt)
+    step()
+    torch.cuda.reset_peak_memory_stats(rt.device)
+    base = torch.cuda.memory_allocated(rt.device)
+    step()
+    return torch.cuda.max_memory_allocated(rt.device) - base
+
+
+def memory_pair(pair: Pair, mode: str, rt: Runtime = Runtime()) -> Dict:
+    x = rt.prepare(torch.randn(*pair.input_shape))
+    measure = (lambda m: peak_cuda_training_bytes(m, x, rt)) if rt.cuda else (lambda m: peak_training_bytes(m, x))
+    peaks = {name: measure(_build(spec, mode, rt)) for name, spec in (('lm', pair.lm), ('base', pair.base))}
     return dict(lm_peak_mib=peaks['lm'] / 2 ** 20, base_peak_mib=peaks['base'] / 2 ** 20,
                 ratio=peaks['lm'] / peaks['base'])
 
@@ -147,28 +226,27 @@ def markdown(results: Dict) -> str:
     lines = [
         f'Command: `{results["command"]}`  ',
         f'Machine: {m["cpu"]}, {m["cores"]} cores ({m["threads"]} torch threads), torch {m["torch"]}, timm {m["timm"]}; '
-        f'{m["date"]}. Clock: {CLOCKS[results["clock"]]}. Throughput ratios are LM / ResNet over {results["repeats"]} '
+        f'{m["date"]}. Device: {results.get("device", "cpu")}{" (bfloat16 autocast, channels-last)" if results.get("device", "cpu") != "cpu" else " (float32)"}. '
+        f'Clock: {CLOCKS[results["clock"]]}. Throughput ratios are LM / base model over {results["repeats"]} '
         f'interleaved pairs of single steps: '
         f'median, interquartile range and min-max; "fastest": ratio of the two models\' fastest steps (noise only '
         f'adds time). "CPU stolen": share of the machine\'s CPU time the hypervisor '
         f'took while that row ran (the VM shares its host).',
         '',
-        '| pair (input) | mode | throughput LM / ResNet, median | IQR | min-max | fastest | LM img/s | ResNet img/s '
+        '| pair (input) | mode | throughput LM / base, median | IQR | min-max | fastest | LM img/s | base img/s '
         '| CPU stolen |',
         '|---|---|---|---|---|---|---|---|---|',
     ]
     for key, per_mode in results['timing'].items():
-        shape = PAIRS[key].input_shape
         for mode, r in per_mode.items():
-            lines.append(f'| {PAIRS[key].lm[0]} vs {PAIRS[key].base[0]}{" lm=False" if PAIRS[key].base[1] else ""} '
-                         f'({shape[0]}x{shape[2]}x{shape[3]}) | {mode} | **{r["ratio_median"]:.3f}** | '
+            lines.append(f'| {PAIRS[key].describe()} | {mode} | {r["ratio_median"]:.3f} | '
                          f'{r["ratio_q1"]:.3f}-{r["ratio_q3"]:.3f} | {r["ratio_min"]:.2f}-{r["ratio_max"]:.2f} | '
                          f'{r["ratio_of_fastest"]:.3f} | '
                          f'{r["lm_img_per_s"]:.1f} | {r["base_img_per_s"]:.1f} | {r["steal_percent"]:.0f}% |')
-    lines += ['', '| pair | mode | peak training memory LM / ResNet | LM MiB | ResNet MiB |', '|---|---|---|---|---|']
+    lines += ['', '| pair | mode | peak training memory LM / base | LM MiB | base MiB |', '|---|---|---|---|---|']
     for key, per_mode in results['memory'].items():
         for mode, r in per_mode.items():
-            lines.append(f'| {PAIRS[key].lm[0]} vs {PAIRS[key].base[0]} | {mode} | {r["ratio"]:.4f} | '
+            lines.append(f'| {PAIRS[key].describe()} | {mode} | {r["ratio"]:.4f} | '
                          f'{r["lm_peak_mib"]:.1f} | {r["base_peak_mib"]:.1f} |')
     return '\n'.join(lines) + '\n'
 
@@ -182,24 +260,33 @@ def main(argv: List[str] = None) -> int:
                    help='cpu: CPU time of the one computing thread (time.thread_time, torch set to 1 thread): '
                         'free of time stolen by a hypervisor or other processes; wall: elapsed time, all threads')
     p.add_argument('--threads', type=int, default=None, help='torch threads (default: 1 for --clock cpu, else torch\'s)')
+    p.add_argument('--device', default='cpu', help="cpu, or cuda[:N]: bfloat16 autocast, channels-last, wall clock")
     p.add_argument('--out', default=None, help='writes OUT.json and OUT.md (default: benchmarks/results/overhead_<clock>)')
     args = p.parse_args(argv)
+    rt = Runtime(args.device)
+    if rt.cuda:
+        if not torch.cuda.is_available():
+            p.error(f'--device {args.device}: no CUDA device is available here')
+        args.clock = 'wall'  # the GPU's time is the elapsed time up to the synchronize
+    elif args.device != 'cpu':
+        p.error(f'--device {args.device}: pass cpu or cuda[:N]')
     threads = args.threads or (1 if args.clock == 'cpu' else None)
     if threads:
         torch.set_num_threads(threads)
     clock = time.thread_time if args.clock == 'cpu' else time.perf_counter
-    args.out = args.out or str(RESULTS / f'overhead_{args.clock}')
+    args.out = args.out or str(RESULTS / (f'overhead_{args.clock}' if not rt.cuda else 'overhead_cuda'))
     results = dict(command=' '.join(['python benchmarks/overhead.py', *(argv if argv is not None else sys.argv[1:])]),
-                   machine=machine_info(), clock=args.clock, repeats=args.repeats, timing={}, memory={})
+                   machine=machine_info(), device=args.device, clock=args.clock, repeats=args.repeats, timing={},
+                   memory={})
     for key in args.pairs:
         pair = PAIRS[key]
         for mode in args.modes:
-            results['timing'].setdefault(key, {})[mode] = r = time_pair(pair, mode, args.repeats, clock)
+            results['timing'].setdefault(key, {})[mode] = r = time_pair(pair, mode, args.repeats, clock, rt)
             print(f'{key:15s} {mode:14s} LM/ResNet {r["ratio_median"]:.3f} IQR [{r["ratio_q1"]:.3f}, {r["ratio_q3"]:.3f}]'
                   f' fastest {r["ratio_of_fastest"]:.3f}'
                   f'  ({r["lm_img_per_s"]:.1f} vs {r["base_img_per_s"]:.1f} img/s)', flush=True)
         for mode in [m for m in ('train', 'ckpt-train') if m in args.modes]:
-            results['memory'].setdefault(key, {})[mode] = r = memory_pair(pair, mode)
+            results['memory'].setdefault(key, {})[mode] = r = memory_pair(pair, mode, rt)
             print(f'{key:15s} {mode:14s} peak memory LM/ResNet {r["ratio"]:.4f} '
                   f'({r["lm_peak_mib"]:.1f} vs {r["base_peak_mib"]:.1f} MiB)', flush=True)
     out = Path(args.out)

@@ -5,7 +5,8 @@ import torch
 
 from timm_lm.pretrained import lm_coefficient_keys
 
-# the list, plus other families: pre-activation basic, ECA + tiered stem, blur, GroupNorm, RS, AA, wide
+# post- and pre-activation ResNets (basic and bottleneck blocks) with timm's stem, attention (SE, ECA), norm
+# (GroupNorm), pooling (blur, anti-aliased) and ResNet-RS variants; the other families: tests/test_families.py
 TIMM_NAMES = [
     'resnet18', 'resnet50', 'resnext50_32x4d', 'resnet50d', 'seresnext26d_32x4d', 'resnetv2_50',
     'resnetv2_18d', 'ecaresnet26t', 'resnetblur18', 'resnet50_gn', 'resnetrs50', 'resnetaa34d', 'resnetv2_50d_gn',

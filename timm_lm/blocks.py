@@ -2,7 +2,7 @@
 
 An LM stage runs its blocks with ``u[n+1] = (1 - k_n) u[n] + k_n u[n-1] + f_n(u[n])``. Each supported
 timm block class has a subclass here (no new state, so parameter names stay timm's) that tells the
-stage how to take that step. There are two ways (shared/DESIGN.md 1b):
+stage how to take that step. There are two ways:
 
 * **whole** (the default): a block whose forward is ``x + F(x)`` with nothing after the add (pre-norm
   transformers, ConvNeXt, inverted residuals with a skip, pre-activation ResNets) runs timm's own
