@@ -25,6 +25,7 @@ __all__ = [
     'register_family',
 ]
 
+FeatureCfg = Union[Dict[str, Any], Callable[[Dict[str, Any]], Dict[str, Any]]]
 _DROP_FIELDS = ('architecture', 'tag', 'source', 'notes', 'paper_ids', 'paper_name')
 
 
@@ -71,8 +72,8 @@ def is_warm_start(cfg: Dict[str, Any]) -> bool:
     return (cfg.get('tag') or '').startswith(warm_start_tag(''))
 
 
-def _make_creator(lm_classes: Sequence[Type[nn.Module]], timm_names: Dict[str, str],
-                  feature_cfg: Optional[Dict[str, Any]], timm_feature_class: bool = False) -> Callable[..., nn.Module]:
+def _make_creator(lm_classes: Sequence[Type[nn.Module]], timm_names: Dict[str, str], feature_cfg: Optional[FeatureCfg],
+                  timm_feature_class: bool = False) -> Callable[..., nn.Module]:
     """The ``_create_<family>(variant, pretrained, **kwargs)`` of a family.
 
     A warm-start tag is loaded by timm's own entrypoint (its filters, strictness, ``.npz`` loaders and
@@ -97,7 +98,7 @@ def _make_creator(lm_classes: Sequence[Type[nn.Module]], timm_names: Dict[str, s
         try:
             model = build_model_with_cfg(
                 builder, variant, pretrained and not warm_start, pretrained_filter_fn=warm_start_filter,
-                feature_cfg=dict(feature_cfg or {}), **kwargs)
+                feature_cfg=dict((feature_cfg(kwargs) if callable(feature_cfg) else feature_cfg) or {}), **kwargs)
         except OSError as err:
             if not pretrained:
                 raise
@@ -132,14 +133,15 @@ def register_family(
         lm_classes: Union[Type[nn.Module], Sequence[Type[nn.Module]]],
         timm_names: Dict[str, str],
         doc: str,
-        feature_cfg: Optional[Dict[str, Any]] = None,
+        feature_cfg: Optional[FeatureCfg] = None,
         timm_feature_class: bool = False,
 ) -> Dict[str, str]:
     """Register ``lm name -> timm name`` entrypoints into the module whose globals are ``namespace``.
 
     ``lm_classes``: the family's LM model class, or classes where timm's module builds several (DeiT's
     distilled models, EfficientNet's feature class); the module records them as ``LM_CLASSES``.
-    ``feature_cfg`` is the family's ``features_only`` wrapper config, as timm's ``_create_*`` passes it;
+    ``feature_cfg`` is the family's ``features_only`` wrapper config, as timm's ``_create_*`` passes it (or a
+    function of the model kwargs that returns it, where timm's derives it from them);
     ``timm_feature_class`` says timm's entrypoint builds its own feature class instead (see ``_make_creator``).
 
     Leaves out the timm models listed in ``_exclusions.EXCLUDED`` and names another module's model
