@@ -280,6 +280,17 @@ def test_features_only_default_is_timms_and_gives_the_intermediates(family):
         torch.testing.assert_close(got, taps[info['index']])
 
 
+@torch.no_grad()
+def test_swin_features_only_taps_every_stage_of_custom_depths():
+    """timm's Swin derives its feature taps from ``depths`` (one per stage); so does LM-Swin."""
+    name, kwargs = REPRESENTATIVES['swin_transformer']
+    kwargs = dict(kwargs, depths=(2, 2), num_heads=(3, 6))
+    reference = timm.create_model(name, features_only=True, **kwargs)
+    features = timm.create_model(f'lm_{name}', features_only=True, **kwargs)
+    assert features.feature_info.channels() == reference.feature_info.channels() == [24, 48]
+    assert [t.shape[-1] for t in features(image())] == [24, 48]
+
+
 @pytest.mark.xfail(strict=True, reason='known bug: forward hooks on an LM block never fire (the stage runs '
                                        'lm_step, not the block), so FeatureHookNet taps at blocks give nothing')
 @torch.no_grad()
