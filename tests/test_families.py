@@ -228,6 +228,23 @@ def test_vit_forward_intermediates_run_the_recurrence(case):
         assert_close(prefix_tap, ref[:, :prefix])
 
 
+@torch.no_grad()
+def test_vit_masked_attention_path_runs_the_recurrence():
+    """timm's ViT runs its blocks one by one when given an attention mask: the LM override runs the recurrence."""
+    reference, model = timm_and_lm(*REPRESENTATIVES['vision_transformer'])
+    x = image()
+    tokens = 1 + (SIZE // 16) ** 2
+    mask = torch.rand(2, 1, tokens, tokens) > 0.3
+    mask[..., 0] = True
+    torch.testing.assert_close(model.forward_features(x, attn_mask=mask), reference.forward_features(x, attn_mask=mask),
+                               rtol=1e-5, atol=1e-5)  # k = 0: timm's masked model
+    set_coefficients(model)
+    no_mask = torch.ones(2, 1, tokens, tokens, dtype=torch.bool)
+    assert_close(model.forward_features(x, attn_mask=no_mask), model.forward_features(x))
+    final, taps = model.forward_intermediates(x, attn_mask=no_mask)
+    assert_close(final, model.forward_features(x))
+
+
 @pytest.mark.parametrize('family', FAMILIES)
 @torch.no_grad()
 def test_intermediates_are_the_stage_outputs_and_pruning_keeps_them(family):
