@@ -13,25 +13,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    import timm
-    import timm_lm
+def train_ddp(model: torch.nn.Module, rank: int, steps: int = 2) -> None:
+    """A few SGD steps of ``model`` (10 classes, 32 x 32 inputs) under DDP, with find_unused_parameters=False,
+    on different data on each rank; every parameter must get a gradient."""
     from torch.nn.parallel import DistributedDataParallel
-
-    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
-    dist.init_process_group('gloo', rank=rank, world_size=world_size)
-    torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts them)
-    model = timm.create_model('lm_resnet20_cifar', drop_path_rate=0.1)
     ddp = DistributedDataParallel(model, find_unused_parameters=False)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.5)
     torch.manual_seed(100 + rank)  # different data on each rank
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    for _ in range(2):
+    for _ in range(steps):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(ddp(x), y).backward()
         missing = [n for n, p in model.named_parameters() if p.grad is None]
         assert not missing, missing
         opt.step()
+
+
+def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    import timm
+    import timm_lm
+
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+    dist.init_process_group('gloo', rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts them)
+    model = timm.create_model('lm_resnet20_cifar', drop_path_rate=0.1)
+    train_ddp(model, rank)
     ks = torch.stack([r.k for r in timm_lm.lm_coefficients(model)])
     torch.save(ks, os.path.join(out_dir, f'k{rank}.pt'))
     dist.destroy_process_group()

@@ -271,13 +271,19 @@ class LMPreActBottleneck(LMSplitBlock, resnetv2.PreActBottleneck):
 
 
 class LMRegNetPreBottleneck(LMSplitBlock, regnet.PreBottleneck):
-    """timm ``regnet.PreBottleneck`` (pre-activation; the shortcut reads the pre-activated input)."""
+    """timm ``regnet.PreBottleneck`` (pre-activation; the shortcut reads the pre-activated input).
+
+    Its forward is ``s + F(x)`` with ``s = downsample(norm1(x))``: even the identity shortcut carries
+    ``norm1(x)`` (norm + activation), not ``x``. It is not ``x + F(x)``, so the whole-block step would mix
+    the raw states around a step based at ``norm1(x)``; every block with a shortcut is split instead
+    (``F + (1 - k) s + k s_prev``, handing its shortcut output on).
+    """
 
     def lm_residual(self) -> bool:
         return self.downsample is not None
 
     def _lm_needs_split(self) -> bool:
-        return self.downsample is not None and not isinstance(self.downsample, nn.Identity)
+        return self.downsample is not None
 
     def branch_and_shortcut(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.norm1(x)

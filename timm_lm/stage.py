@@ -22,6 +22,7 @@ outside it; timm's own ``checkpoint_seq`` cannot be used because it calls the bl
 single tensor.
 """
 from collections import OrderedDict
+from functools import partial
 from typing import Iterator, List, Tuple
 
 import torch
@@ -48,8 +49,12 @@ class LMStage(nn.Sequential):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x_prev = x
         for block in self:
-            if self.grad_checkpointing and not torch.jit.is_scripting():
+            if torch.jit.is_scripting():
+                x, x_prev = block.lm_step(x, x_prev)
+            elif self.grad_checkpointing:
                 x, x_prev = block.lm_step_eager(x, x_prev, True)
+            elif isinstance(x, torch.fx.Proxy):
+                x, x_prev = _traced_step(block, x, x_prev, False)
             else:
                 x, x_prev = block.lm_step(x, x_prev)
         return x
@@ -59,8 +64,20 @@ class LMStage(nn.Sequential):
         """Yield every block's output u[n+1] in turn (for intermediates, stopping early, block kwargs)."""
         x_prev = x
         for block in self:
-            x, x_prev = block.lm_step_eager(x, x_prev, self.grad_checkpointing, **block_kwargs)
+            if isinstance(x, torch.fx.Proxy):
+                x, x_prev = _traced_step(block, x, x_prev, self.grad_checkpointing, **block_kwargs)
+            else:
+                x, x_prev = block.lm_step_eager(x, x_prev, self.grad_checkpointing, **block_kwargs)
             yield x
+
+
+def _traced_step(block: nn.Module, x: torch.fx.Proxy, x_prev, checkpointed: bool, **block_kwargs):
+    """One step under torch.fx, traced as a call of the block: the block's node (what
+    ``create_feature_extractor`` returns for e.g. 'blocks.3') is then its output u[n+1], the mix included,
+    as a plain block's node is its output. (The stage calls ``lm_step``, not the block, so without this
+    the step's ops would be recorded as the stage's.)"""
+    step = partial(block.lm_step_eager, checkpointed=checkpointed)
+    return x.tracer.call_module(block, step, (x, x_prev), block_kwargs)
 
 
 def two_step_positions(blocks: nn.Module) -> List[bool]:

@@ -112,6 +112,7 @@ def build_lm_from_timm(
         base_name: str,
         lm_name: str,
         timm_pretrained_cfg: Optional[Dict[str, Any]] = None,
+        timm_features_only: bool = False,
         **kwargs,
 ) -> nn.Module:
     """Build timm's ``base_name`` through its own entrypoint, then make its block containers LM stages.
@@ -122,12 +123,16 @@ def build_lm_from_timm(
 
     With ``timm_pretrained_cfg`` (a warm start) timm's entrypoint also loads those weights, with its own
     per-model filters, strictness and input / class adaptation, and every k_n is then set to 0.
+    ``timm_features_only`` passes ``features_only=True`` to timm's entrypoint, for families whose
+    entrypoint builds a feature class of its own.
     """
     options, model_kwargs = split_lm_options(kwargs)
     by_timm_class = {timm_class_of(c): c for c in lm_classes}
     check_model_kwargs(list(by_timm_class), model_kwargs, lm_name)
     if timm_pretrained_cfg is not None:
         model_kwargs['pretrained_cfg'] = timm_pretrained_cfg
+    if timm_features_only:
+        model_kwargs['features_only'] = True
     model = model_entrypoint(base_name)(pretrained=timm_pretrained_cfg is not None, **model_kwargs)
     lm_cls = by_timm_class.get(type(model))
     if lm_cls is None:

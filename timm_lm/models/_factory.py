@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Sequence, Type, Unio
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, get_arch_pretrained_cfgs, is_model, \
     is_model_in_modules, register_model, split_model_name_tag
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models._builder import pretrained_cfg_for_features, resolve_pretrained_cfg
 
 from ..pretrained import PAPER_ID, lm_trained_cfgs, warm_start_filter, warm_start_tag
 from ._base import build_lm_from_timm
@@ -25,6 +25,7 @@ __all__ = [
     'register_family',
 ]
 
+FeatureCfg = Union[Dict[str, Any], Callable[[Dict[str, Any]], Dict[str, Any]]]
 _DROP_FIELDS = ('architecture', 'tag', 'source', 'notes', 'paper_ids', 'paper_name')
 
 
@@ -71,24 +72,33 @@ def is_warm_start(cfg: Dict[str, Any]) -> bool:
     return (cfg.get('tag') or '').startswith(warm_start_tag(''))
 
 
-def _make_creator(lm_classes: Sequence[Type[nn.Module]], timm_names: Dict[str, str],
-                  feature_cfg: Optional[Dict[str, Any]]) -> Callable[..., nn.Module]:
+def _make_creator(lm_classes: Sequence[Type[nn.Module]], timm_names: Dict[str, str], feature_cfg: Optional[FeatureCfg],
+                  timm_feature_class: bool = False) -> Callable[..., nn.Module]:
     """The ``_create_<family>(variant, pretrained, **kwargs)`` of a family.
 
     A warm-start tag is loaded by timm's own entrypoint (its filters, strictness, ``.npz`` loaders and
     ``num_classes`` / ``in_chans`` adaptation), then every k_n is set to 0; LM-trained weights (which
     hold the coefficients) are loaded by timm's ``build_model_with_cfg`` into the LM model.
+
+    ``timm_feature_class``: for ``features_only`` without ``feature_cls`` / ``feature_cfg``, timm's
+    entrypoint builds a feature class of its own (EfficientNet, MobileNetV3): then it builds that one
+    (its LM subclass is in ``lm_classes``), with timm's keys, options and loading strictness.
     """
     def create(variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
         cfg = resolve_pretrained_cfg(
             variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay')).to_dict()
         warm_start = pretrained and is_warm_start(cfg)
+        timm_features = timm_feature_class and bool(kwargs.get('features_only')) \
+            and 'feature_cfg' not in kwargs and 'feature_cls' not in kwargs
+        if timm_features:
+            del kwargs['features_only']  # timm's entrypoint gets it, build_model_with_cfg must not wrap
+            kwargs.setdefault('pretrained_strict', False)  # as timm's: a feature class has no head
         builder = partial(build_lm_from_timm, lm_classes, timm_names[variant], variant,
-                          timm_pretrained_cfg=cfg if warm_start else None)
+                          timm_pretrained_cfg=cfg if warm_start else None, timm_features_only=timm_features)
         try:
-            return build_model_with_cfg(
+            model = build_model_with_cfg(
                 builder, variant, pretrained and not warm_start, pretrained_filter_fn=warm_start_filter,
-                feature_cfg=dict(feature_cfg or {}), **kwargs)
+                feature_cfg=dict((feature_cfg(kwargs) if callable(feature_cfg) else feature_cfg) or {}), **kwargs)
         except OSError as err:
             if not pretrained:
                 raise
@@ -97,6 +107,9 @@ def _make_creator(lm_classes: Sequence[Type[nn.Module]], timm_names: Dict[str, s
                 f'{variant}: the pretrained weights ({_describe(cfg)}) could not be loaded: {reason}. Offline, they '
                 f"must already be in the Hugging Face cache (HF_HUB_CACHE), or pass pretrained_cfg_overlay=dict("
                 f"file='PATH') for a local copy") from err
+        if timm_features:
+            model.pretrained_cfg = model.default_cfg = pretrained_cfg_for_features(model.pretrained_cfg)
+        return model
     return create
 
 
@@ -120,12 +133,16 @@ def register_family(
         lm_classes: Union[Type[nn.Module], Sequence[Type[nn.Module]]],
         timm_names: Dict[str, str],
         doc: str,
-        feature_cfg: Optional[Dict[str, Any]] = None,
+        feature_cfg: Optional[FeatureCfg] = None,
+        timm_feature_class: bool = False,
 ) -> Dict[str, str]:
     """Register ``lm name -> timm name`` entrypoints into the module whose globals are ``namespace``.
 
     ``lm_classes``: the family's LM model class, or classes where timm's module builds several (DeiT's
-    distilled models); the module records them as ``LM_CLASSES``.
+    distilled models, EfficientNet's feature class); the module records them as ``LM_CLASSES``.
+    ``feature_cfg`` is the family's ``features_only`` wrapper config, as timm's ``_create_*`` passes it (or a
+    function of the model kwargs that returns it, where timm's derives it from them);
+    ``timm_feature_class`` says timm's entrypoint builds its own feature class instead (see ``_make_creator``).
 
     Leaves out the timm models listed in ``_exclusions.EXCLUDED`` and names another module's model
     already holds. Sets the module's ``default_cfgs`` first (timm's ``register_model`` reads them from
@@ -138,7 +155,7 @@ def register_family(
         key: cfg for lm_name, base in names.items() for key, cfg in lm_pretrained_cfgs(lm_name, base).items()})
     lm_classes = tuple(lm_classes) if isinstance(lm_classes, (tuple, list)) else (lm_classes,)
     namespace['LM_CLASSES'] = lm_classes
-    create = _make_creator(lm_classes, names, feature_cfg)
+    create = _make_creator(lm_classes, names, feature_cfg, timm_feature_class)
     for lm_name, base in names.items():
         namespace[lm_name] = register_model(make_entrypoint(lm_name, create, module, doc.format(base=base)))
     return names

@@ -15,7 +15,7 @@ from timm.models import efficientnet, list_models
 from ._base import LMModelMixin
 from ._factory import register_family
 
-__all__ = ['LMEfficientNet']
+__all__ = ['LMEfficientNet', 'LMEfficientNetFeatures']
 
 
 class LMEfficientNet(LMModelMixin, efficientnet.EfficientNet):
@@ -25,10 +25,18 @@ class LMEfficientNet(LMModelMixin, efficientnet.EfficientNet):
         return [f'blocks.{name}' for name, _ in self.blocks.named_children()]
 
 
+class LMEfficientNetFeatures(LMModelMixin, efficientnet.EfficientNetFeatures):
+    """timm ``EfficientNetFeatures`` (what timm builds for ``features_only``) whose stages run the LM recurrence."""
+
+    def lm_stage_paths(self) -> List[str]:
+        return [f'blocks.{name}' for name, _ in self.blocks.named_children()]
+
+
 _TIMM_NAMES = register_family(
     globals(),
-    LMEfficientNet,
+    (LMEfficientNet, LMEfficientNetFeatures),
     {f'lm_{name}': name for name in list_models(module='efficientnet')},
     'LM-{base}: timm {base} with the LM two-step recurrence in its residual blocks (arXiv:1710.10121).',
-    feature_cfg=dict(flatten_sequential=True),  # the stages are the feature taps (timm's feature_cfg mode)
+    feature_cfg=dict(flatten_sequential=True),  # with feature_cls / feature_cfg: the stages are the taps
+    timm_feature_class=True,  # plain features_only: timm's own feature class, as timm's _create_* builds it
 )

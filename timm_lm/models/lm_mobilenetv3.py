@@ -14,7 +14,7 @@ from timm.models import list_models, mobilenetv3
 from ._base import LMModelMixin
 from ._factory import register_family
 
-__all__ = ['LMMobileNetV3']
+__all__ = ['LMMobileNetV3', 'LMMobileNetV3Features']
 
 
 class LMMobileNetV3(LMModelMixin, mobilenetv3.MobileNetV3):
@@ -24,10 +24,18 @@ class LMMobileNetV3(LMModelMixin, mobilenetv3.MobileNetV3):
         return [f'blocks.{name}' for name, _ in self.blocks.named_children()]
 
 
+class LMMobileNetV3Features(LMModelMixin, mobilenetv3.MobileNetV3Features):
+    """timm ``MobileNetV3Features`` (what timm builds for ``features_only``) whose stages run the LM recurrence."""
+
+    def lm_stage_paths(self) -> List[str]:
+        return [f'blocks.{name}' for name, _ in self.blocks.named_children()]
+
+
 _TIMM_NAMES = register_family(
     globals(),
-    LMMobileNetV3,
+    (LMMobileNetV3, LMMobileNetV3Features),
     {f'lm_{name}': name for name in list_models(module='mobilenetv3')},
     'LM-{base}: timm {base} with the LM two-step recurrence in its residual blocks (arXiv:1710.10121).',
-    feature_cfg=dict(flatten_sequential=True),  # the stages are the feature taps (timm's feature_cfg mode)
+    feature_cfg=dict(flatten_sequential=True),  # with feature_cls / feature_cfg: the stages are the taps
+    timm_feature_class=True,  # plain features_only: timm's own feature class, as timm's _create_* builds it
 )

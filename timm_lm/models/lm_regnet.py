@@ -2,9 +2,11 @@
 
 ``lm_<name>`` is registered for every model of timm's ``regnet`` module. RegNet X and Y blocks are
 post-activation bottlenecks (``act(F(x) + shortcut)``), so the mix goes before their final activation,
-as in LM-ResNet; RegNet V blocks are pre-activation (``x + F(x)``) and run timm's own forward plus
-``k_n (u[n-1] - u[n])``. The first block of a stage (stride / width change) hands its projected
-shortcut on as the second block's ``u[n-1]``, as in the authors' reference code.
+as in LM-ResNet. RegNet V blocks are pre-activation, but their shortcut reads the pre-activated input
+even where it is the identity (``norm1(x) + F(norm1(x))``, not ``x + F(x)``), so they are run from their
+parts too: ``F + (1 - k_n) s_n + k_n s_{n-1}`` with ``s`` the shortcut output. The first block of a
+stage (stride / width change) hands its projected shortcut on as the second block's ``u[n-1]``, as in
+the authors' reference code; every later block hands on its shortcut output.
 """
 import re
 from typing import List

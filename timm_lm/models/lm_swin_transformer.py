@@ -7,7 +7,7 @@ the (B, H, W, C) map: timm's own forward plus ``k_n (u[n-1] - u[n])``. Each stag
 hands its input, the merged map, on as the second block's ``u[n-1]``. Per-channel coefficients
 broadcast over the last (channel) dimension.
 """
-from typing import List
+from typing import Any, Dict, List
 
 from timm.models import list_models, swin_transformer
 
@@ -24,10 +24,15 @@ class LMSwinTransformer(LMModelMixin, swin_transformer.SwinTransformer):
         return [f'layers.{name}.blocks' for name, _ in self.layers.named_children()]
 
 
+def _feature_cfg(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """As timm's ``_create_swin_transformer``: every stage (``layers.<i>``) is a tap, as many as ``depths`` has."""
+    return dict(flatten_sequential=True, out_indices=tuple(range(len(kwargs.get('depths', (1, 1, 3, 1))))))
+
+
 _TIMM_NAMES = register_family(
     globals(),
     LMSwinTransformer,
     {f'lm_{name}': name for name in list_models(module='swin_transformer')},
     'LM-{base}: timm {base} with the LM two-step recurrence in every stage (arXiv:1710.10121).',
-    feature_cfg=dict(flatten_sequential=True, out_indices=(0, 1, 2, 3)),  # as timm's Swin: layers.<i> are the taps
+    feature_cfg=_feature_cfg,
 )
