@@ -22,9 +22,11 @@ residual: then ``u[n-1]`` has the shape of ``u[n]``. See ``timm_lm.stage``.
 
 A block with a coefficient refuses to be called on its own (``block(x)``): it needs ``u[n-1]`` from its
 stage, and computing the plain residual step instead would be silently wrong. ``block.forward(x)``
-remains timm's forward. A new timm block type is supported by adding one subclass and one entry in
+remains timm's forward. For the same reason the stage never calls ``block(x)``, so forward and backward
+hooks on a block do not run: registering one warns, and says what to hook instead. A new timm block type is supported by adding one subclass and one entry in
 ``_LM_BLOCK_TYPES``; the exactness tests (k = 0 gives timm's model) guard each one against drift in timm.
 """
+import warnings
 from typing import Dict, Optional, Tuple, Type
 
 import torch
@@ -66,6 +68,25 @@ class LMBlockMixin:
         if self.lm is not None:
             y = lm_mix(y, x, x_prev, self.lm(x), f_includes_u=True)
         return y, x
+
+    def _lm_hook_warning(self, kind: str) -> None:
+        warnings.warn(
+            f'{kind} hooks on {type(self).__name__} do not run: its LM stage takes the two-step step with '
+            f'block.lm_step(), not block(x) (which would be the plain residual step). Hook the stage (its output '
+            f'is its last block\'s u[n+1]) or a module inside the block, or use forward_intermediates / '
+            f'features_only for the blocks\' outputs', stacklevel=3)
+
+    def register_forward_hook(self, *args, **kwargs):
+        self._lm_hook_warning('forward')
+        return super().register_forward_hook(*args, **kwargs)
+
+    def register_forward_pre_hook(self, *args, **kwargs):
+        self._lm_hook_warning('forward pre-')
+        return super().register_forward_pre_hook(*args, **kwargs)
+
+    def register_full_backward_hook(self, *args, **kwargs):
+        self._lm_hook_warning('backward')
+        return super().register_full_backward_hook(*args, **kwargs)
 
     def __call__(self, *args, **kwargs):
         if self.lm is not None:

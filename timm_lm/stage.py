@@ -38,8 +38,9 @@ class LMStage(nn.Sequential):
     """A sequence of residual blocks run as the LM two-step recurrence.
 
     It stays an ``nn.Sequential`` so that ``stage[i]``, ``len(stage)``, slicing and iteration behave as on
-    timm's container (e.g. ``model.layer4[-1]`` for CAM hooks). Calling an LM block on its own raises,
-    so code that runs the blocks one by one fails loudly instead of computing a plain ResNet.
+    timm's container. Calling an LM block on its own raises, so code that runs the blocks one by one fails
+    loudly instead of computing a plain ResNet. Hooks on the stage run as usual (its output is its last
+    block's u[n+1], e.g. for CAM on ``model.layer4``); hooks on a block do not (see ``timm_lm.blocks``).
     """
 
     def __init__(self, *args):
