@@ -267,8 +267,24 @@ def _is_plain_autograd(*tensors) -> bool:
     return all(type(t) is torch.Tensor or type(t) is nn.Parameter for t in tensors)
 
 
+_is_legacy_batched = getattr(torch._C._functorch, 'is_legacy_batchedtensor', lambda t: False)
+
+
+def _is_batched(t: torch.Tensor) -> bool:
+    """``t`` is seen through vmap (torch.func's, or the legacy one of ``is_grads_batched``)."""
+    return torch._C._are_functorch_transforms_active() or _is_legacy_batched(t)
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) without writing a product tensor, when both share a dense layout."""
+    """sum(a * b) without writing a product tensor, when both share a dense layout.
+
+    The backward itself can run under vmap (``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(..., vectorize=True)`` and ``hessian``, which use the legacy
+    vmap, or ``torch.func.vmap`` around ``autograd.grad``): there ``a`` is batched, vmap refuses layout
+    queries other than contiguous, and the plain expression is what vmap knows how to batch.
+    """
+    if _is_batched(a) or _is_batched(b):
+        return (a * b).sum()
     if a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype:
         if a.is_contiguous() and b.is_contiguous():
             return torch.dot(a.reshape(-1), b.reshape(-1))
