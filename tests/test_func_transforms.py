@@ -57,3 +57,28 @@ def test_vectorized_jacobian_of_the_mix(k_shape, channels_last):
     vectorized = torch.autograd.functional.jacobian(fn, (u, p, k), vectorize=True)
     for a, b in zip(vectorized, rows):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('per_channel', [False, True], ids=['scalar-k', 'per-channel-k'])
+@pytest.mark.parametrize('path', ['eager', 'torch.func'])
+def test_dk_is_accurate_for_a_small_step(path, per_channel):
+    """u[n-1] - u[n] tiny beside u[n] (ConvNeXt's layer scale starts at 1e-6): dk = <grad, u[n-1] - u[n]> must
+    come from the difference, which is exact in float32 there; <grad, u[n-1]> - <grad, u[n]> cancels to noise
+    (relative error ~1 here). Both implementations of the mix, against float64."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(4, 16, 8, 8, generator=g)
+    u_prev = u + 1e-6 * torch.randn(u.shape, generator=g)
+    f, w = torch.randn(2, *u.shape, generator=g).unbind(0)
+    k = torch.full((16, 1, 1) if per_channel else (), 0.1)
+
+    def dk(f, u, u_prev, k):
+        if path == 'eager':
+            k = k.clone().requires_grad_()
+            out = lm_mix(f.clone().requires_grad_() * 1, u, u_prev, k, f_includes_u=True)
+            assert type(out.grad_fn).__name__.startswith('_LMMixBackward')
+            return torch.autograd.grad(out, k, w.to(out.dtype))[0]
+        return torch.func.grad(lambda k: (lm_mix(f, u, u_prev, k, f_includes_u=True) * w.to(f.dtype)).sum())(k)
+
+    expected = dk(f.double(), u.double(), u_prev.double(), k.double())
+    got = dk(f, u, u_prev, k)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=0)

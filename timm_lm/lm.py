@@ -232,9 +232,10 @@ def lm_mix(
     At k = 0 both are exactly the block. Where it is safe the result is computed in place in ``f`` (a
     fresh activation that nothing else holds): on CPUs a new activation-sized buffer costs more than the
     arithmetic. In eager training ``_LMMixBackward`` makes only the two scaled gradient copies the
-    inputs need and gets dk from dot products that only read. Under torch.compile, torch.func
-    transforms, forward-mode AD and fx tracing the plain out-of-place expression is used: the compiler
-    fuses it, and the transforms differentiate it themselves.
+    inputs need (dk = <grad, u_prev - u> is read from the first of them before it is filled). Under
+    torch.compile, torch.func transforms, forward-mode AD and fx tracing the out-of-place expression
+    ``f + c u + k (u_prev - u)`` is used: the compiler fuses it, and the transforms differentiate it
+    themselves.
     """
     c = 0.0 if f_includes_u else 1.0
     if torch.jit.is_scripting():
@@ -254,7 +255,8 @@ def _mix_in_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: tor
 
 def _mix_out_of_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor,
                       c: float) -> torch.Tensor:
-    return torch.addcmul(torch.addcmul(f, c - k, u), k, u_prev)
+    # k (u_prev - u): autograd's dk is then <grad, u_prev - u>, accurate for small steps (see _LMMixBackward)
+    return torch.addcmul(f if c == 0.0 else f + u, k, u_prev - u)
 
 
 @torch.jit.unused
@@ -312,12 +314,17 @@ class _LMMixBackward(torch.autograd.Function):
     def backward(ctx, grad):
         u, u_prev, k = ctx.saved_tensors
         _, need_u, need_prev, need_k, _ = ctx.needs_input_grad
-        grad_u = grad * (ctx.c - k) if need_u else None
+        c = ctx.c
+        grad_u = grad_k = None
+        if need_k:
+            # d/dk <grad, f + (c - k) u + k u_prev> = <grad, u_prev - u>, taken from the difference: where the
+            # step is small (u_prev ~ u: ConvNeXt's layer scale starts at 1e-6) the difference is exact in
+            # floating point, while <grad, u_prev> - <grad, u> cancels down to rounding noise.
+            diff = u_prev - u
+            grad_k = _dot(grad, diff) if k.dim() == 0 else (grad * diff).sum_to_size(k.shape)
+            if need_u and not torch.is_grad_enabled() and not _is_batched(grad):
+                grad_u = torch.mul(grad, c - k, out=diff)  # reuse the difference's buffer: no new activation
+        if need_u and grad_u is None:  # (double backward and vmap need the differentiable, out-of-place op)
+            grad_u = grad * (c - k)
         grad_prev = grad * k if need_prev else None
-        grad_k = None
-        if need_k:  # d/dk of <grad, f + (c - k) u + k u_prev> = <grad, u_prev> - <grad, u>
-            if k.dim() == 0:
-                grad_k = _dot(grad, u_prev) - _dot(grad, u)
-            else:  # one k per channel, broadcast over the other dims
-                grad_k = (grad * (u_prev - u)).sum_to_size(k.shape)
         return grad, grad_u, grad_prev, grad_k, None
