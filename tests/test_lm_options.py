@@ -87,7 +87,7 @@ def test_k_outside_unit_interval_cannot_load_into_stable_model():
     state = free.state_dict()
     state['stages.0.blocks.1.lm.k'] = torch.tensor(1.5)
     stable = timm.create_model('lm_resnet20_cifar', k_stable=True)
-    with pytest.raises(RuntimeError, match=r'outside \(-0.99609375, 0.99609375\) cannot be loaded into a k_stable=True model'):
+    with pytest.raises(RuntimeError, match=r'outside \[-0.99609375, 0.99609375\] cannot be loaded into a k_stable=True model'):
         stable.load_state_dict(state)
 
 

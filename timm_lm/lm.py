@@ -167,7 +167,7 @@ class LMCoefficient(nn.Module):
         if own not in state_dict and other in state_dict:
             converted = self._from_other_parametrisation(state_dict[other])
             if converted is None:
-                error_msgs.append(f'{other}: k_n outside (-{STABLE_BOUND}, {STABLE_BOUND}) cannot be loaded into a '
+                error_msgs.append(f'{other}: k_n outside [-{STABLE_BOUND}, {STABLE_BOUND}] cannot be loaded into a '
                                   f'k_stable=True model (its bound)')
             else:
                 del state_dict[other]
@@ -189,13 +189,25 @@ class StableLMCoefficient(LMCoefficient):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        self.k_raw.uniform_(*self.k_init).div_(STABLE_BOUND).atanh_()
+        self.k_raw.copy_(_stable_k_raw(self.k_raw.uniform_(*self.k_init)))
 
     def _k(self, dtype: torch.dtype) -> torch.Tensor:
         return (STABLE_BOUND * torch.tanh(self.k_raw)).to(dtype)
 
     def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
-        return torch.atanh(value / STABLE_BOUND) if bool((value.abs() < STABLE_BOUND).all()) else None
+        # every k this parametrisation computes, +-b included (what it gives at large |k_raw|), loads back
+        return _stable_k_raw(value) if bool((value.abs() <= STABLE_BOUND).all()) else None
+
+
+def _stable_k_raw(k: torch.Tensor) -> torch.Tensor:
+    """k_raw with ``b tanh(k_raw) = k`` for |k| <= b, always finite.
+
+    k = +-b (a k_init close to b rounds to b in the parameter's dtype; a checkpoint at the bound) maps to
+    k_raw = +-20, where tanh rounds to exactly +-1 in every float dtype, so that k is b again; atanh would
+    give +-inf. Computed in at least float32 (atanh in bfloat16 is coarse).
+    """
+    r = k.to(torch.promote_types(k.dtype, torch.float32)) / STABLE_BOUND
+    return torch.where(r.abs() < 1, r.atanh(), r.sign() * 20.0).to(k.dtype)
 
 
 def create_coefficient(
