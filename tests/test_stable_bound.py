@@ -180,7 +180,7 @@ def test_k_beyond_the_bound_cannot_load_into_a_stable_model():
 def test_k_init_at_or_beyond_the_bound_is_refused_with_k_stable(k_init):
     with pytest.raises(ValueError, match=r'k_init=.* with k_stable=True: k_stable keeps \|k\| <= 0.99609375'):
         LMOptions.create(k_init=k_init, k_stable=True)
-    assert LMOptions.create(k_init=k_init).k_init  # the free parametrisation takes it: the refusal is k_stable's
+    LMOptions.create(k_init=k_init)  # no error: the free parametrisation takes it, the refusal is k_stable's
 
 
 @pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16, torch.float16], ids=str)
