@@ -36,9 +36,13 @@ def test_zero_k_is_timms_model(timm_name):
 def test_nonzero_k_changes_the_function():
     reference = timm.create_model('resnet18').eval()
     model = timm.create_model('lm_resnet18', k_init=(-0.5, -0.4)).eval()
-    model.load_state_dict(reference.state_dict(), strict=False)
+    missing, unexpected = model.load_state_dict(reference.state_dict(), strict=False)
+    assert not unexpected and set(missing) == set(lm_coefficient_keys(model))  # the same weights: only k differs
     x = torch.randn(2, 3, 64, 64)
     assert (model(x) - reference(x)).abs().max() > 1e-3
+    for key in missing:  # and k is what made the difference
+        model.get_parameter(key).zero_()
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-5)
 
 
 def test_lm_options_ride_on_any_timm_kwarg():

@@ -13,6 +13,7 @@ def test_custom_backward_gradcheck(k_shape, channels_last):
     f, s, p = (torch.randn(2, 8, 5, 5, dtype=torch.float64).to(memory_format=fmt).requires_grad_() for _ in range(3))
     k = torch.randn(k_shape, dtype=torch.float64, requires_grad=True)
     # f * 1: the mix works in place on the branch output, which is never a leaf in a model
+    assert type(lm_mix(f * 1, s, p, k).grad_fn).__name__ == '_LMMixBackwardBackward'  # the backward under test
     assert torch.autograd.gradcheck(lambda f, s, p, k: lm_mix(f * 1, s, p, k), (f, s, p, k))
 
 

@@ -53,7 +53,8 @@ def test_every_timm_tag_with_weights_has_a_warm_start_and_nothing_else_claims_we
         assert warm == {f'warmstart_{t}' for t in timm_tags}, lm_name
         if timm_tags:
             assert get_pretrained_cfg(lm_name).has_weights, lm_name  # the default resolves to weights
-    assert all(n.split('.', 1)[1].startswith('warmstart_') for n in timm.list_pretrained('lm_*'))
+    pretrained = timm.list_pretrained('lm_*')
+    assert pretrained and all(n.split('.', 1)[1].startswith('warmstart_') for n in pretrained)
 
 
 def test_lm_trained_tags_are_registered_without_weights_until_published():
@@ -112,7 +113,8 @@ def test_explicit_warm_start_tag_num_classes_and_in_chans(resnet18_in_cache):
     assert not torch.equal(model.fc.weight, ref.fc.weight[:10])
     torch.testing.assert_close(model.conv1.weight, ref.conv1.weight.sum(dim=1, keepdim=True))  # timm's stem adaptation
     torch.testing.assert_close(model.layer3[1].conv2.weight, ref.layer3[1].conv2.weight)
-    assert all(torch.count_nonzero(model.get_parameter(k)) == 0 for k in lm_coefficient_keys(model))
+    keys = lm_coefficient_keys(model)
+    assert keys and all(torch.count_nonzero(model.get_parameter(k)) == 0 for k in keys)
 
 
 def test_features_only_with_pretrained_weights(resnet18_in_cache):
@@ -120,7 +122,9 @@ def test_features_only_with_pretrained_weights(resnet18_in_cache):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         expected = resnet18_in_cache.forward_intermediates(x, indices=(2, 4), intermediates_only=True)
-        for got, want in zip(feats(x), expected):
+        got_all = feats(x)
+        assert len(got_all) == len(expected) == 2
+        for got, want in zip(got_all, expected):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 

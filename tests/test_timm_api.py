@@ -55,13 +55,14 @@ def test_forward_features_head_intermediates_and_pruning(name):
     assert pre.shape == (2, model.num_features)
 
     final, inter = model.forward_intermediates(x)
-    assert len(inter) == 5 if name != 'lm_resnet20_cifar' else 4
+    assert len(inter) == (4 if name == 'lm_resnet20_cifar' else 5)  # stem + 4 stages; CIFAR: stem + 3 stages
     torch.testing.assert_close(final, feats)
     assert [t.shape[1] for t in inter] == [f['num_chs'] for f in model.feature_info]
 
     taps = model.prune_intermediate_layers(indices=(1, 2), prune_head=True)
     assert list(taps) == [1, 2]
     pruned = model.forward_intermediates(x, indices=(1, 2), intermediates_only=True)
+    assert len(pruned) == 2
     for a, b in zip(pruned, inter[1:3]):
         torch.testing.assert_close(a, b)
 
@@ -92,6 +93,7 @@ def test_group_matcher_puts_each_k_with_its_block():
 def test_layer_decay_and_no_weight_decay_for_k():
     model = timm.create_model('lm_resnet18')
     k_params = {id(p) for n, p in model.named_parameters() if '.lm.' in n}
+    assert k_params
     opt = create_optimizer_v2(model, 'sgd', lr=0.1, weight_decay=1e-4)
     for group in opt.param_groups:
         if any(id(p) in k_params for p in group['params']):
@@ -145,6 +147,7 @@ def test_fx_feature_extractor(name):
     x = _input(model)
     out = extractor(x)
     ref = model.forward_intermediates(x, indices=len(stage_nodes), intermediates_only=True)
+    assert stage_nodes and len(ref) == len(stage_nodes) and set(out) == set(stage_nodes)
     for node, expected in zip(stage_nodes, ref):
         torch.testing.assert_close(out[node], expected)
     fx_model = timm.create_model(name, features_only=True, feature_cls='fx', k_stable=True).eval()

@@ -167,7 +167,7 @@ class LMCoefficient(nn.Module):
         if own not in state_dict and other in state_dict:
             converted = self._from_other_parametrisation(state_dict[other])
             if converted is None:
-                error_msgs.append(f'{other}: k_n outside (-{STABLE_BOUND}, {STABLE_BOUND}) cannot be loaded into a '
+                error_msgs.append(f'{other}: k_n outside [-{STABLE_BOUND}, {STABLE_BOUND}] cannot be loaded into a '
                                   f'k_stable=True model (its bound)')
             else:
                 del state_dict[other]
@@ -189,13 +189,25 @@ class StableLMCoefficient(LMCoefficient):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        self.k_raw.uniform_(*self.k_init).div_(STABLE_BOUND).atanh_()
+        self.k_raw.copy_(_stable_k_raw(self.k_raw.uniform_(*self.k_init)))
 
     def _k(self, dtype: torch.dtype) -> torch.Tensor:
         return (STABLE_BOUND * torch.tanh(self.k_raw)).to(dtype)
 
     def _from_other_parametrisation(self, value: torch.Tensor) -> Optional[torch.Tensor]:
-        return torch.atanh(value / STABLE_BOUND) if bool((value.abs() < STABLE_BOUND).all()) else None
+        # every k this parametrisation computes, +-b included (what it gives at large |k_raw|), loads back
+        return _stable_k_raw(value) if bool((value.abs() <= STABLE_BOUND).all()) else None
+
+
+def _stable_k_raw(k: torch.Tensor) -> torch.Tensor:
+    """k_raw with ``b tanh(k_raw) = k`` for |k| <= b, always finite.
+
+    k = +-b (a k_init close to b rounds to b in the parameter's dtype; a checkpoint at the bound) maps to
+    k_raw = +-20, where tanh rounds to exactly +-1 in every float dtype, so that k is b again; atanh would
+    give +-inf. Computed in at least float32 (atanh in bfloat16 is coarse).
+    """
+    r = k.to(torch.promote_types(k.dtype, torch.float32)) / STABLE_BOUND
+    return torch.where(r.abs() < 1, r.atanh(), r.sign() * 20.0).to(k.dtype)
 
 
 def create_coefficient(
@@ -232,9 +244,10 @@ def lm_mix(
     At k = 0 both are exactly the block. Where it is safe the result is computed in place in ``f`` (a
     fresh activation that nothing else holds): on CPUs a new activation-sized buffer costs more than the
     arithmetic. In eager training ``_LMMixBackward`` makes only the two scaled gradient copies the
-    inputs need and gets dk from dot products that only read. Under torch.compile, torch.func
-    transforms, forward-mode AD and fx tracing the plain out-of-place expression is used: the compiler
-    fuses it, and the transforms differentiate it themselves.
+    inputs need (dk = <grad, u_prev - u> is read from the first of them before it is filled). Under
+    torch.compile, torch.func transforms, forward-mode AD and fx tracing the out-of-place expression
+    ``f + c u + k (u_prev - u)`` is used: the compiler fuses it, and the transforms differentiate it
+    themselves.
     """
     c = 0.0 if f_includes_u else 1.0
     if torch.jit.is_scripting():
@@ -254,7 +267,8 @@ def _mix_in_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: tor
 
 def _mix_out_of_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor,
                       c: float) -> torch.Tensor:
-    return torch.addcmul(torch.addcmul(f, c - k, u), k, u_prev)
+    # k (u_prev - u): autograd's dk is then <grad, u_prev - u>, accurate for small steps (see _LMMixBackward)
+    return torch.addcmul(f if c == 0.0 else f + u, k, u_prev - u)
 
 
 @torch.jit.unused
@@ -267,8 +281,24 @@ def _is_plain_autograd(*tensors) -> bool:
     return all(type(t) is torch.Tensor or type(t) is nn.Parameter for t in tensors)
 
 
+_is_legacy_batched = getattr(torch._C._functorch, 'is_legacy_batchedtensor', lambda t: False)
+
+
+def _is_batched(t: torch.Tensor) -> bool:
+    """``t`` is seen through vmap (torch.func's, or the legacy one of ``is_grads_batched``)."""
+    return torch._C._are_functorch_transforms_active() or _is_legacy_batched(t)
+
+
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """sum(a * b) without writing a product tensor, when both share a dense layout."""
+    """sum(a * b) without writing a product tensor, when both share a dense layout.
+
+    The backward itself can run under vmap (``torch.autograd.grad(..., is_grads_batched=True)``,
+    ``torch.autograd.functional.jacobian(..., vectorize=True)`` and ``hessian``, which use the legacy
+    vmap, or ``torch.func.vmap`` around ``autograd.grad``): there ``a`` is batched, vmap refuses layout
+    queries other than contiguous, and the plain expression is what vmap knows how to batch.
+    """
+    if _is_batched(a) or _is_batched(b):
+        return (a * b).sum()
     if a.dtype in (torch.float32, torch.float64) and a.dtype == b.dtype:
         if a.is_contiguous() and b.is_contiguous():
             return torch.dot(a.reshape(-1), b.reshape(-1))
@@ -296,12 +326,17 @@ class _LMMixBackward(torch.autograd.Function):
     def backward(ctx, grad):
         u, u_prev, k = ctx.saved_tensors
         _, need_u, need_prev, need_k, _ = ctx.needs_input_grad
-        grad_u = grad * (ctx.c - k) if need_u else None
+        c = ctx.c
+        grad_u = grad_k = None
+        if need_k:
+            # d/dk <grad, f + (c - k) u + k u_prev> = <grad, u_prev - u>, taken from the difference: where the
+            # step is small (u_prev ~ u: ConvNeXt's layer scale starts at 1e-6) the difference is exact in
+            # floating point, while <grad, u_prev> - <grad, u> cancels down to rounding noise.
+            diff = u_prev - u
+            grad_k = _dot(grad, diff) if k.dim() == 0 else (grad * diff).sum_to_size(k.shape)
+            if need_u and not torch.is_grad_enabled() and not _is_batched(grad):
+                grad_u = torch.mul(grad, c - k, out=diff)  # reuse the difference's buffer: no new activation
+        if need_u and grad_u is None:  # (double backward and vmap need the differentiable, out-of-place op)
+            grad_u = grad * (c - k)
         grad_prev = grad * k if need_prev else None
-        grad_k = None
-        if need_k:  # d/dk of <grad, f + (c - k) u + k u_prev> = <grad, u_prev> - <grad, u>
-            if k.dim() == 0:
-                grad_k = _dot(grad, u_prev) - _dot(grad, u)
-            else:  # one k per channel, broadcast over the other dims
-                grad_k = (grad * (u_prev - u)).sum_to_size(k.shape)
         return grad, grad_u, grad_prev, grad_k, None
