@@ -10,6 +10,10 @@ import struct
 import tempfile
 from pathlib import Path
 
+# one compute thread per test process: pytest-xdist runs a process per core, and OpenMP threads that wait on
+# each other across oversubscribed cores make small models 10-30x slower
+os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 HF_CACHE = Path(tempfile.mkdtemp(prefix='timm-lm-test-hf-cache-'))
 os.environ['HF_HUB_CACHE'] = str(HF_CACHE)
 os.environ['HF_HUB_OFFLINE'] = '1'
@@ -22,7 +26,7 @@ import torch  # noqa: E402
 
 import timm_lm  # noqa: E402,F401  (registers the LM models)
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

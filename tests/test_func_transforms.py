@@ -267,9 +267,10 @@ def test_the_representatives_cover_every_block_kind():
     assert kinds('resnet') == kinds('regnet') == {('split', 1)}
     assert kinds('convnext') == kinds('efficientnet') == {('whole', 1)}
     assert kinds('vit') == kinds('swin') == {('whole', -1)}
-    model, _ = _build('cifar')
+    model, _ = _build('cifar')  # pre-activation: split throughout, the first block of a stage projecting
     stage = list(timm_lm.stage.lm_stages(model))[1][1]  # 16 -> 32 channels, stride 2
-    assert stage[0].lm is None and stage[0].lm_split and stage[1].lm is not None and not stage[1].lm_split
+    assert stage[0].lm is None and stage[0].downsample is not None and stage[1].lm is not None
+    assert all(b.lm_split for b in stage) and stage[1].downsample is None
     effnet, _ = _build('efficientnet')
     first_k = {}  # stage -> index of its first block with a k: blocks 0 (no skip) and 1 take none
     for n in _k_names(effnet):

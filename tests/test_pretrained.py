@@ -193,3 +193,15 @@ def test_bit_npz_weights_warm_start_with_k_zero(tmp_path):
     model = timm.create_model('lm_resnetv2_50x1_bit', pretrained=True,
                               pretrained_cfg_overlay=dict(file=str(tmp_path / 'bit.npz'), custom_load=True)).eval()
     _assert_timm_weights_and_zero_k(model, reference)
+
+
+def test_unavailable_warm_start_names_the_timm_weights_it_tried():
+    """Offline with an empty cache: one error, at once (HF_HUB_OFFLINE: no retries), that says which timm
+    weights the tag stands for and what to do; an OSError, as huggingface_hub's own."""
+    from timm_lm.models._factory import PretrainedWeightsUnavailable
+    with pytest.raises(PretrainedWeightsUnavailable) as err:
+        timm.create_model('lm_resnet152', pretrained=True)
+    message = str(err.value)
+    assert isinstance(err.value, OSError) and '\n' not in message
+    assert "tag warmstart_a1h_in1k: timm's weights hf-hub:timm/resnet152.a1h_in1k with every k_n = 0" in message
+    assert 'HF_HUB_CACHE' in message and "pretrained_cfg_overlay=dict(file='PATH')" in message
