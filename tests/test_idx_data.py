@@ -115,6 +115,8 @@ def test_loader_refuses_a_size_it_does_not_resample():
     images, labels = torch.zeros(4, 1, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(IdxError, match='1 channel'):
         IdxLoader(images, labels, 2, True, (3, 28, 28), MEAN * 3, STD * 3)
+    with pytest.raises(IdxError, match='3 mean and 3 std values for 1-channel images'):
+        IdxLoader(images, labels, 2, True, (1, 28, 28), MEAN * 3, STD * 3)  # e.g. ImageNet's, the model default
     with pytest.raises(IdxError, match='give that input size'):
         IdxLoader(images, labels, 2, False, (1, 32, 32), MEAN, STD)
     IdxLoader(images, labels, 2, True, (1, 32, 32), MEAN, STD)  # training resamples to any size

@@ -145,7 +145,7 @@ def test_idx_dataset_and_progress_lines(fake_fmnist, tmp_path, capsys):
     """--dataset idx trains from the idx files in memory; without the bar, a line every --log-interval batches."""
     assert main(['--data-dir', str(fake_fmnist), '--dataset', 'idx', '--train-split', 'train', '--val-split', 'test',
                  '--num-classes', '10', '--input-size', '1', '28', '28', '--mean', '0.286', '--std', '0.353',
-                 '--crop-pct', '1', '--interpolation', 'bilinear', '--color-jitter', '0', '-b', '8',
+                 '--crop-pct', '1', '--train-interpolation', 'bilinear', '--color-jitter', '0', '-b', '8',
                  '--log-interval', '2', '--no-progress', '--output', str(tmp_path), '--experiment', 'idx']) == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if 'train epoch 0:' in line]
@@ -153,6 +153,9 @@ def test_idx_dataset_and_progress_lines(fake_fmnist, tmp_path, capsys):
     assert 'about' in lines[0] and lines[-1].endswith('done')
     _, meta = read_checkpoint(tmp_path / 'idx' / 'last.pth.tar')
     assert meta['args']['dataset'] == 'idx' and meta['args']['trainer'] == 'train_wrappers.trainer'
+    idx = dict(data_dir=str(fake_fmnist), dataset='idx', train_split='train', val_split='test', num_classes=10,
+               input_size=(1, 28, 28), train_interpolation='bilinear', output=str(tmp_path))
     with pytest.raises(ValueError, match='--color-jitter 0.4: --dataset idx has no colour jitter'):
-        train(TrainConfig(data_dir=str(fake_fmnist), dataset='idx', train_split='train', val_split='test',
-                          num_classes=10, input_size=(1, 28, 28), interpolation='bilinear', output=str(tmp_path)))
+        train(TrainConfig(**idx))
+    with pytest.raises(ValueError, match='--train-interpolation random: --dataset idx resamples bilinearly'):
+        train(TrainConfig(**dict(idx, color_jitter=0, train_interpolation='random')))

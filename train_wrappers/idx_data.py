@@ -172,6 +172,9 @@ class IdxLoader:
         if images.shape[1] != input_size[0]:
             raise IdxError(f'the images have {images.shape[1]} channel(s), the model takes {input_size[0]}: '
                            f'give input size {images.shape[1]}x{input_size[1]}x{input_size[2]}')
+        if not len(mean) == len(std) == input_size[0]:
+            raise IdxError(f'{len(mean)} mean and {len(std)} std values for {input_size[0]}-channel images: give one '
+                           f'per channel (--mean, --std; Fashion-MNIST: 0.286 and 0.353)')
         self.resize = is_training and not no_aug
         if not self.resize and tuple(images.shape[2:]) != tuple(input_size[1:]):
             raise IdxError(f'{"evaluation" if not is_training else "training without augmentation"} uses the '

@@ -53,7 +53,7 @@ TEST_BATCH = 1000  # evaluation only: large batches cost no accuracy and run fas
 RECIPE = TrainConfig(
     model='lm_resnet20_cifar', dataset='idx', train_split='train', val_split='test', num_classes=10, in_chans=1,
     input_size=(1, 28, 28), mean=FMNIST_MEAN, std=FMNIST_STD, crop_pct=1.0, interpolation='bilinear',
-    scale=(0.85, 1.0), ratio=(0.9, 1.1), hflip=0.5, color_jitter=0.0, batch_size=128,
+    train_interpolation='bilinear', scale=(0.85, 1.0), ratio=(0.9, 1.1), hflip=0.5, color_jitter=0.0, batch_size=128,
     validation_batch_size=TEST_BATCH, epochs=1, opt='sgd', lr=0.1, momentum=0.9, weight_decay=5e-4,
     sched='cosine', sched_on_updates=True, warmup_epochs=0, channels_last=True, seed=42, experiment='train')
 OPTIONS = ('model', 'model_kwargs', 'epochs', 'batch_size', 'lr', 'seed', 'progress')  # the recipe's, on the command line

@@ -106,7 +106,9 @@ class TrainConfig:
     mean: Optional[Tuple[float, ...]] = option(None, 'normalisation mean, per channel')
     std: Optional[Tuple[float, ...]] = option(None, 'normalisation std, per channel', check=POSITIVE)
     crop_pct: Optional[float] = option(None, 'evaluation centre-crop fraction', check=POSITIVE)
-    interpolation: str = option('', 'resize interpolation (default: the model\'s)')
+    interpolation: str = option('', 'evaluation resize interpolation (default: the model\'s)')
+    train_interpolation: str = option('random', "training crop interpolation ('random': bilinear or bicubic "
+                                                "per image; '': as --interpolation)")
     no_aug: bool = option(False, 'no training augmentation')
     scale: Tuple[float, float] = option((0.08, 1.0), 'random-resized-crop area range',
                                         check=Range(0, 1, low_open=True, ordered=True), metavar=('MIN', 'MAX'))
@@ -345,11 +347,16 @@ def create_model(cfg: TrainConfig) -> nn.Module:
     return timm.create_model(cfg.model, **kwargs)
 
 
+def _train_interpolation(cfg: TrainConfig, data_config: Dict[str, Any]) -> str:
+    """train.py's rule: --train-interpolation, unless --no-aug or empty, then the evaluation one."""
+    return data_config['interpolation'] if cfg.no_aug or not cfg.train_interpolation else cfg.train_interpolation
+
+
 def _idx_loader(cfg: TrainConfig, data_config: Dict[str, Any], split: str, is_training: bool, batch_size: int):
     """The in-memory idx loader, after refusing what it does not implement (rather than ignoring it)."""
-    if data_config['interpolation'] != 'bilinear':
-        raise ValueError(f'--dataset idx resamples bilinearly: give --interpolation bilinear, '
-                         f'not {data_config["interpolation"]!r}')
+    if is_training and not cfg.no_aug and _train_interpolation(cfg, data_config) != 'bilinear':
+        raise ValueError(f'--train-interpolation {_train_interpolation(cfg, data_config)}: --dataset idx resamples '
+                         f'bilinearly; give --train-interpolation bilinear')
     if is_training and cfg.color_jitter and not cfg.no_aug:
         raise ValueError(f'--color-jitter {cfg.color_jitter}: --dataset idx has no colour jitter; give --color-jitter 0')
     if not is_training and data_config['crop_pct'] != 1:
@@ -369,9 +376,10 @@ def create_split_loader(cfg: TrainConfig, data_config: Dict[str, Any], split: st
                              batch_size=batch_size, input_img_mode=img_mode)
     augment = dict(no_aug=cfg.no_aug, scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip,
                    color_jitter=cfg.color_jitter) if is_training else dict(crop_pct=data_config['crop_pct'])
+    interpolation = _train_interpolation(cfg, data_config) if is_training else data_config['interpolation']
     return create_loader(
         dataset, input_size=data_config['input_size'], batch_size=batch_size, is_training=is_training,
-        interpolation=data_config['interpolation'], mean=data_config['mean'], std=data_config['std'],
+        interpolation=interpolation, mean=data_config['mean'], std=data_config['std'],
         num_workers=cfg.workers, use_prefetcher=False, persistent_workers=False, pin_memory=False, **augment)
 
 
