@@ -1,4 +1,5 @@
-"""The in-memory idx loader against timm's own PIL pipeline: same pixels, same batches, clear refusals."""
+"""The in-memory idx loader against timm's own loader and PIL pipeline: the same batches for a seed, clear refusals."""
+import dataclasses
 import gzip
 import random
 import struct
@@ -8,10 +9,13 @@ import pytest
 import torch
 import torchvision.transforms.functional as F
 from PIL import Image
-from timm.data import create_transform
+from timm.data import create_transform, resolve_data_config
 from timm.data.transforms import RandomResizedCropAndInterpolation
+from timm.utils import random_seed
 
 from train_wrappers.idx_data import IdxError, IdxLoader, load_idx_split, random_resized_crop, read_idx
+from train_wrappers.quickstart import RECIPE, torchvision_layout
+from train_wrappers.trainer import create_split_loader
 
 MEAN, STD = (0.2860,), (0.3530,)
 
@@ -37,10 +41,13 @@ def test_crop_and_flip_give_pils_pixels(size, scale, exact):
     random.seed(3)
     torch.manual_seed(3)
     got = random_resized_crop(images, size, scale, (0.9, 1.1), 0.5)
-    random.seed(3)  # the same draws, in the same order: crop parameters (timm's get_params), then flips
+    random.seed(3)  # the same draws, in the same order: per image, crop parameters (timm's get_params) and flip
     torch.manual_seed(3)
-    params = [RandomResizedCropAndInterpolation.get_params(image, scale, (0.9, 1.1)) for image in images]
-    flips = torch.rand(len(images)) < 0.5
+    params, flips = [], []
+    for image in images:
+        params.append(RandomResizedCropAndInterpolation.get_params(image, scale, (0.9, 1.1)))
+        flips.append(bool(torch.rand(1) < 0.5))
+    flips = torch.tensor(flips)
     assert 0 < int(flips.sum()) < len(images) and len({p[2:] for p in params}) > 5
     expected = _timm_pil_reference(images, size, scale, (0.9, 1.1), params, flips)
     difference = (got - expected).abs()
@@ -48,6 +55,28 @@ def test_crop_and_flip_give_pils_pixels(size, scale, exact):
         assert torch.equal(got, expected)
     else:
         assert difference.max() <= 1 and (difference > 0).float().mean() < 0.02
+
+
+def test_same_batches_as_timms_loader_for_a_seed(fake_fmnist, tmp_path):
+    """The quickstart's recipe: two epochs and the evaluations between them, from timm's create_loader over
+    torchvision's FashionMNIST (PIL images, per-image transforms) and from the idx loader: equal tensors."""
+    torchvision_cfg = dataclasses.replace(RECIPE, dataset='torch/fashion_mnist', batch_size=8, validation_batch_size=5,
+                                          data_dir=str(torchvision_layout(fake_fmnist, tmp_path)))
+    idx_cfg = dataclasses.replace(torchvision_cfg, dataset='idx', data_dir=str(fake_fmnist))
+    data_config = resolve_data_config(dict(input_size=RECIPE.input_size, mean=RECIPE.mean, std=RECIPE.std,
+                                           crop_pct=RECIPE.crop_pct, interpolation=RECIPE.interpolation))
+
+    def batches(cfg):
+        random_seed(cfg.seed, 0)
+        train = create_split_loader(cfg, data_config, 'train', is_training=True)
+        test = create_split_loader(cfg, data_config, 'test', is_training=False)
+        return [batch for _ in range(2) for loader in (train, test) for batch in loader]
+
+    expected, got = batches(torchvision_cfg), batches(idx_cfg)
+    assert len(got) == len(expected) == 2 * (6 + 5)
+    for (x, y), (x_timm, y_timm) in zip(got, expected):
+        assert torch.equal(y, y_timm) and torch.equal(x, x_timm)
+    assert not torch.equal(got[0][1], got[11][1])  # each epoch its own order
 
 
 def test_eval_batches_equal_timms_eval_transform():

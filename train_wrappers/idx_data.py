@@ -2,27 +2,29 @@
 
 Why this exists: timm's ``torch/fashion_mnist`` dataset goes through torchvision, which turns every image
 into a PIL image and runs the transforms one image at a time in Python. On a 2-core machine that costs
-about 30 s per Fashion-MNIST epoch and 3 s per pass over the test set, a sixth of the quickstart. Here the
-idx files (plain or ``.gz``, as Debian ships them) are decoded once into a uint8 tensor and every batch
-is transformed with a few tensor operations.
+about 30 s per Fashion-MNIST epoch and a few seconds per pass over the test set. Here the idx files
+(plain or ``.gz``, as Debian ships them) are decoded once into a uint8 tensor and every batch is
+transformed with a few tensor operations (about 4 s per epoch).
 
-What is the same as timm's pipeline (``timm.data.create_transform`` with a PIL 'L' image, as
-``create_loader`` builds it for the compact trainer and train.py):
+The batches are timm's, bit for bit: for the same seed, ``IdxLoader`` gives the same tensors as
+``timm.data.create_loader`` over torchvision's dataset with the transform timm builds for it
+(``create_transform``, no prefetcher, no workers), which the tests check. That takes:
 
-- crop parameters: timm's own ``RandomResizedCropAndInterpolation.get_params`` (scale and log-uniform
-  aspect ratio, ten tries, centre-crop fallback), one call per image;
-- resampling: PIL's bilinear filter (a triangle of support 1, widened by the scale factor when
-  shrinking, weights normalised over the crop), separable, horizontal pass first, each pass rounded to
-  8 bits as PIL does; the tests compare it with torchvision's PIL ``resized_crop``;
-- horizontal flip with probability ``hflip``; then ``x / 255``, ``(x - mean) / std`` in float32, as
-  ``ToTensor`` + ``Normalize``; evaluation at the images' own size is that normalisation alone (timm's
-  eval transform with ``crop_pct=1`` leaves a 28x28 image unchanged);
-- shuffling with a ``torch.randperm`` per epoch, and training drops the last partial batch
-  (``create_loader`` with ``is_training=True``).
+- the same random numbers, drawn in the same order: the DataLoader iterator's base seed and its
+  RandomSampler's seed and permutation from torch's generator; then, image by image, the crop
+  parameters from timm's own ``RandomResizedCropAndInterpolation.get_params`` (Python's ``random``), the
+  flip (``torch.rand(1) < hflip``) and, where timm adds a ``ColorJitter`` of strength 0, the
+  ``torch.randperm(4)`` it draws to order adjustments it then does not make;
+- the same pixels: PIL's bilinear resampling of the crop, reproduced as separable weight matrices in
+  PIL's fixed point, horizontal pass first, each pass rounded to 8 bits as PIL does (where a crop is
+  shrunk in both directions, which timm's default scale allows on larger images, PIL's one-call resize
+  can round one grey level differently); then ``x / 255`` and ``(x - mean) / std`` in float32, as
+  ``ToTensor`` + ``Normalize``; evaluation with ``crop_pct=1`` at the images' own size is that
+  normalisation alone;
+- the same batches: a new permutation each epoch, and training drops the last partial batch.
 
-What differs: the random numbers are drawn in another order (crops for a whole batch, then flips), so a
-seed gives other (equally distributed) crops than timm's loader; there are no worker processes (none
-are needed) and no colour jitter, auto-augment or random erasing (asking for them is an error).
+Not implemented, and refused by the trainer rather than ignored: colour jitter above 0, auto-augment,
+random erasing, interpolation other than bilinear, evaluation at another size or crop.
 """
 import functools
 import gzip
@@ -137,19 +139,30 @@ def _weight_table(in_size: int, out_size: int) -> torch.Tensor:
                       table.reshape(in_size, in_size, out_size, in_size)], dim=1)
 
 
+def _draw_like_timm(images: torch.Tensor, scale: Sequence[float], ratio: Sequence[float], hflip: float,
+                    color_jitter: Optional[float]) -> Tuple[list, torch.Tensor]:
+    """Crop parameters and flips, drawn image by image as timm's train transform draws them."""
+    params, flips = [], []
+    for image in images:
+        params.append(RandomResizedCropAndInterpolation.get_params(image, scale, ratio))
+        if hflip > 0:  # timm adds RandomHorizontalFlip only then
+            flips.append(bool(torch.rand(1) < hflip))
+        if color_jitter is not None:  # ColorJitter(0, 0, 0) still draws the order of its adjustments
+            torch.randperm(4)
+    return params, torch.tensor(flips or [False] * len(images))
+
+
 def random_resized_crop(images: torch.Tensor, size: Tuple[int, int], scale: Sequence[float],
-                        ratio: Sequence[float], hflip: float) -> torch.Tensor:
+                        ratio: Sequence[float], hflip: float, color_jitter: Optional[float] = None) -> torch.Tensor:
     """timm's RandomResizedCropAndInterpolation (bilinear) + RandomHorizontalFlip on a uint8 batch.
 
-    Returns float32 pixel values (whole numbers in [0, 255]). Where the crop is enlarged or kept (every
-    crop of a 28x28 image with scale <= 1 at 28x28) the pixels are PIL's exactly; where it is shrunk in
-    both directions they can differ from PIL's by one grey level (PIL then rounds in a way that its own
-    two separate passes do not reproduce).
+    Returns float32 pixel values (whole numbers in [0, 255]), PIL's wherever the crop is enlarged or
+    kept (every crop of a 28x28 image with scale <= 1 at 28x28). ``color_jitter``: 0 where timm's
+    transform has a ColorJitter that changes nothing (its random draw is made), None where it has none.
     """
-    n, _, height, width = images.shape
-    params = [RandomResizedCropAndInterpolation.get_params(image, scale, ratio) for image in images]
+    _, _, height, width = images.shape
+    params, flip = _draw_like_timm(images, scale, ratio, hflip, color_jitter)
     top, left, crop_h, crop_w = (torch.tensor(p) for p in zip(*params))
-    flip = torch.rand(n) < hflip
     rows = _weight_table(height, size[0])[top, crop_h].unsqueeze(1)  # B x 1 x out_h x H
     cols = _weight_table(width, size[1])[left, crop_w]  # B x out_w x W
     cols = torch.where(flip[:, None, None], cols.flip(1), cols).unsqueeze(1)  # flipped: column c <- out_w - 1 - c
@@ -168,10 +181,12 @@ class IdxLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, is_training: bool,
                  input_size: Tuple[int, int, int], mean: Sequence[float], std: Sequence[float],
                  scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 hflip: float = 0.5, no_aug: bool = False):
+                 hflip: float = 0.5, color_jitter: Optional[float] = None, no_aug: bool = False):
         if images.shape[1] != input_size[0]:
             raise IdxError(f'the images have {images.shape[1]} channel(s), the model takes {input_size[0]}: '
                            f'give input size {images.shape[1]}x{input_size[1]}x{input_size[2]}')
+        if color_jitter:
+            raise IdxError(f'colour jitter {color_jitter}: not implemented for idx data; give 0')
         if not len(mean) == len(std) == input_size[0]:
             raise IdxError(f'{len(mean)} mean and {len(std)} std values for {input_size[0]}-channel images: give one '
                            f'per channel (--mean, --std; Fashion-MNIST: 0.286 and 0.353)')
@@ -183,7 +198,7 @@ class IdxLoader:
         self.images, self.labels = images, labels
         self.batch_size, self.is_training = batch_size, is_training
         self.size = tuple(input_size[1:])
-        self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+        self.scale, self.ratio, self.hflip, self.color_jitter = tuple(scale), tuple(ratio), hflip, color_jitter
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -192,13 +207,19 @@ class IdxLoader:
         return n // self.batch_size if self.is_training else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        order: Optional[torch.Tensor] = torch.randperm(len(self.labels)) if self.is_training else None
+        # torch's generator, as a DataLoader iterator uses it: a base seed (for worker processes), then
+        # for shuffling, RandomSampler's seed for a generator of its own, and its permutation
+        torch.empty((), dtype=torch.int64).random_()
+        order: Optional[torch.Tensor] = None
+        if self.is_training:
+            seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))
         for b in range(len(self)):
             index = slice(b * self.batch_size, (b + 1) * self.batch_size)
             chosen = order[index] if order is not None else index
             images, labels = self.images[chosen], self.labels[chosen]
             if self.resize:
-                x = random_resized_crop(images, self.size, self.scale, self.ratio, self.hflip)
+                x = random_resized_crop(images, self.size, self.scale, self.ratio, self.hflip, self.color_jitter)
             else:
                 x = images.float()
             yield x.div_(255).sub_(self.mean).div_(self.std), labels

@@ -354,16 +354,18 @@ def _train_interpolation(cfg: TrainConfig, data_config: Dict[str, Any]) -> str:
 
 def _idx_loader(cfg: TrainConfig, data_config: Dict[str, Any], split: str, is_training: bool, batch_size: int):
     """The in-memory idx loader, after refusing what it does not implement (rather than ignoring it)."""
-    if is_training and not cfg.no_aug and _train_interpolation(cfg, data_config) != 'bilinear':
+    augmenting = is_training and not cfg.no_aug
+    if augmenting and _train_interpolation(cfg, data_config) != 'bilinear':
         raise ValueError(f'--train-interpolation {_train_interpolation(cfg, data_config)}: --dataset idx resamples '
                          f'bilinearly; give --train-interpolation bilinear')
-    if is_training and cfg.color_jitter and not cfg.no_aug:
+    if augmenting and cfg.color_jitter:
         raise ValueError(f'--color-jitter {cfg.color_jitter}: --dataset idx has no colour jitter; give --color-jitter 0')
     if not is_training and data_config['crop_pct'] != 1:
         raise ValueError(f'--crop-pct {data_config["crop_pct"]}: --dataset idx evaluates whole images; give --crop-pct 1')
     images, labels = load_idx_split(Path(cfg.data_dir), split)
     return IdxLoader(images, labels, batch_size, is_training, data_config['input_size'], data_config['mean'],
-                     data_config['std'], scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, no_aug=cfg.no_aug)
+                     data_config['std'], scale=cfg.scale, ratio=cfg.ratio, hflip=cfg.hflip, no_aug=cfg.no_aug,
+                     color_jitter=cfg.color_jitter if augmenting else None)  # 0: timm's no-op ColorJitter
 
 
 def create_split_loader(cfg: TrainConfig, data_config: Dict[str, Any], split: str, is_training: bool):
