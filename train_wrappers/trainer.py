@@ -142,7 +142,7 @@ class TrainConfig:
     resume: str = option('', 'checkpoint to continue from (last.pth.tar)')
     checkpoint_hist: int = option(2, 'epoch checkpoints to keep', check=AT_LEAST_1)
     log_interval: int = option(50, 'batches between progress lines when the bar is off', check=AT_LEAST_1)
-    progress: bool = option(True, 'no progress bar: a line every --log-interval batches instead',
+    progress: bool = option(True, 'no progress bar: a line every log-interval batches (50 by default) instead',
                             flags=('--no-progress',), train_py=False, action='store_false')
 
     def __post_init__(self):
@@ -200,7 +200,7 @@ def add_config_options(parser: argparse.ArgumentParser, names: Optional[Iterable
         help_text = f.metadata['help']
         if f.metadata['check'] is not None:
             help_text += f' ({f.metadata["check"].describe()})'
-        if default not in (None, '', {}, False, True):
+        if not isinstance(default, bool) and default not in (None, '', {}):
             help_text += f' [{" ".join(map(str, default)) if isinstance(default, tuple) else default}]'
         required = f.metadata['required'] and (defaults is None or not default)
         flags = f.metadata['flags'] if kwargs.get('action') == 'store_false' else (*f.metadata['flags'], _flag(f))
