@@ -2,9 +2,10 @@
 
     python benchmarks/fmnist_study.py [--epochs 1] [--seeds 0 1] [--models ...] [--data-dir DIR]
 
-Every model gets the same recipe (the quickstart's: SGD (Nesterov) lr 0.1 with a per-step cosine
-schedule to 0, weight decay 5e-4, batch 128, a mild random-resized-crop + flip, 28x28 inputs, channels
-last) on the full 60,000-image training set, and is evaluated on the 10,000 test images. Runs are
+Every model gets the same recipe (the quickstart's, ``train_wrappers.quickstart.RECIPE``: SGD
+(Nesterov) lr 0.1 with a per-step cosine schedule to 0, weight decay 5e-4, batch 128, a mild
+random-resized-crop + flip, 28x28 inputs, channels last, the idx files held in memory) on the full
+60,000-image training set, and is evaluated on the 10,000 test images. Runs are
 ordered seed by seed (all models for seed 0, then seed 1, ...) so that any drift of the machine spreads
 over every model. The baselines are the same CIFAR-style networks built with ``lm=False``; ResNet-110 is
 the "twice the parameters of ResNet-56" point.
@@ -25,7 +26,7 @@ import torch
 
 import timm_lm  # noqa: F401
 from machine import cpu_counters, machine_info, steal_percent
-from train_wrappers.quickstart import DEBIAN_FMNIST, prepare_fashion_mnist, train_config
+from train_wrappers.quickstart import DEBIAN_FMNIST, QuickstartError, check_fashion_mnist, train_config
 from train_wrappers.trainer import train
 
 RESULTS = Path(__file__).parent / 'results'
@@ -40,12 +41,11 @@ def model_spec(name: str):
     return f'lm_{name}_cifar', {'lm': False}, 'ResNet'
 
 
-def run_one(name: str, seed: int, args: argparse.Namespace, data_root: Path) -> Dict:
+def run_one(name: str, seed: int, args: argparse.Namespace) -> Dict:
     timm_name, kwargs, family = model_spec(name)
-    run_args = argparse.Namespace(model=timm_name, model_kwargs=kwargs, batch_size=args.batch_size, epochs=args.epochs,
-                                  lr=args.lr, workers=args.workers, seed=seed, no_progress=not args.progress)
-    cfg = train_config(run_args, data_root, Path(args.work_dir))
-    cfg.experiment = f'{name}-seed{seed}'
+    cfg = train_config(Path(args.data_dir), Path(args.work_dir), model=timm_name, model_kwargs=kwargs,
+                       batch_size=args.batch_size, epochs=args.epochs, lr=args.lr, seed=seed, progress=args.progress,
+                       experiment=f'{name}-seed{seed}')
     counters, start = cpu_counters(), time.time()
     result = train(cfg)
     seconds = time.time() - start
@@ -120,7 +120,6 @@ def main(argv: List[str] = None) -> int:
     p.add_argument('--epochs', type=int, default=1)
     p.add_argument('--batch-size', type=int, default=128)
     p.add_argument('--lr', type=float, default=0.1)
-    p.add_argument('--workers', type=int, default=0)
     p.add_argument('--data-dir', default=DEBIAN_FMNIST)
     p.add_argument('--work-dir', default='output/fmnist_study', help='checkpoints and summaries of the runs')
     p.add_argument('--out', default=str(RESULTS / 'fmnist_study'), help='writes OUT.json, OUT.md and OUT.png')
@@ -132,11 +131,15 @@ def main(argv: List[str] = None) -> int:
             print(f'fmnist_study: unknown model {name!r}: use lm_resnet<depth>_cifar or resnet<depth>', file=sys.stderr)
             return 2
 
+    try:
+        check_fashion_mnist(Path(args.data_dir))
+    except QuickstartError as err:
+        print(f'fmnist_study: {err}', file=sys.stderr)
+        return 2
     out = Path(args.out)
-    data_root = prepare_fashion_mnist(Path(args.data_dir), Path(args.work_dir) / 'data')
     recipe = (f'{args.epochs} epoch(s) over the 60,000 training images, batch {args.batch_size}, SGD (Nesterov) lr '
               f'{args.lr}, cosine per step, weight decay 5e-4, random-resized-crop (scale 0.85-1) + flip, 28x28, '
-              f'evaluated on the 10,000 test images; seeds {args.seeds}')
+              f'in-memory idx loader, evaluated on the 10,000 test images; seeds {args.seeds}')
     results = dict(command=' '.join(['python benchmarks/fmnist_study.py', *(argv if argv is not None else sys.argv[1:])]),
                    machine=machine_info(), epochs=args.epochs, recipe=recipe, runs=[])
     if out.with_suffix('.json').is_file():
@@ -149,7 +152,7 @@ def main(argv: List[str] = None) -> int:
         for name in args.models:
             if (name, seed) in done:
                 continue
-            run = run_one(name, seed, args, data_root)
+            run = run_one(name, seed, args)
             results['runs'].append(run)
             out.with_suffix('.json').write_text(json.dumps(results, indent=2) + '\n')
             print(f'{name:20s} seed {seed}: top-1 {run["top1"]:.2f}  params {run["params"]:,}  {run["seconds"]:.0f} s',

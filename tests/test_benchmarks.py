@@ -1,4 +1,4 @@
-"""The benchmark scripts run and write their results (tiny settings; the real runs are in README)."""
+"""The benchmark scripts run and write their results (tiny settings; the real runs are in benchmarks/README.md)."""
 import importlib.util
 import json
 from pathlib import Path

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from timm_lm.pretrained import lm_coefficient_keys
-from train_wrappers.publish import main
+from train_wrappers.publish import PublishError, main, publish_checkpoint
 
 
 class Payload:
@@ -75,10 +75,26 @@ def test_publish_train_checkpoint(run_dir, capsys):
     assert card.startswith('---\nlibrary_name: timm\nlicense: apache-2.0\n')
     assert '- fashion_mnist' in card and '- timm-lm' in card
     assert 'epoch 1' in card and 'top1 81.50' in card and 'top5 98.75' in card  # the checkpoint's epoch row
+    assert 'evaluation logged by timm train.py' in card  # train.py's args do not name a trainer
     assert 'stages.2.blocks.2' in card  # the learned k table
     assert "timm.create_model('local-dir:" in card
     assert 'u[n+1] = (1 - k_n) u[n] + k_n u[n-1] + f_n(u[n])' in card  # from MODEL_CARD.md
     assert '@inproceedings{lu2018beyond' in card
+
+
+def test_publish_checkpoint_from_python_names_the_compact_trainer(run_dir):
+    """The typed function (the quickstart's way in); a compact-trainer checkpoint's card says what trained it."""
+    checkpoint = torch.load(run_dir / 'last.pth.tar', weights_only=False)
+    checkpoint['args'].trainer = 'train_wrappers.trainer'  # as the compact trainer records itself
+    torch.save(checkpoint, run_dir / 'compact.pth.tar')
+    labels = [f'c{i}' for i in range(10)]
+    out = publish_checkpoint(run_dir / 'compact.pth.tar', run_dir / 'hub', label_names=labels, dataset='fashion_mnist')
+    assert out == run_dir / 'hub' and json.loads((out / 'config.json').read_text())['label_names'] == labels
+    card = (out / 'README.md').read_text()
+    assert "evaluation logged by timm-lm's compact trainer" in card and 'train.py' not in card
+    with pytest.raises(PublishError, match='3 names for a model with 10 classes'):
+        publish_checkpoint(run_dir / 'compact.pth.tar', run_dir / 'hub2', label_names=['a', 'b', 'c'])
+    assert not (run_dir / 'hub2').exists()
 
 
 def test_publish_ema_weights(run_dir):

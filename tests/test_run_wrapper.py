@@ -187,3 +187,9 @@ def test_a_folder_is_not_a_script(in_process, tmp_path, capsys):
 def test_no_arguments_prints_usage(in_process, capsys):
     assert main([]) == 2
     assert capsys.readouterr().err.startswith('usage:')
+
+
+def test_help_is_plain_text(in_process, capsys):
+    assert main(['--help']) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('usage: python -m train_wrappers.run SCRIPT.py') and '``' not in out

@@ -2,21 +2,22 @@
 
 The project card marks the sections every checkpoint shares (``<!-- card:begin NAME -->`` ...
 ``<!-- card:end NAME -->``: the architecture, intended use and limitations, the citation); this module
-puts them after the checkpoint's own facts: Hub metadata, model and data, the metrics that train.py
-logged in summary.csv, the learned k_n, and how to load it.
+puts them after the checkpoint's own facts: Hub metadata, model and data, what trained it and the
+metrics that run logged in summary.csv, the learned k_n, and how to load it.
 """
 import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch.nn as nn
 
 from timm_lm import __version__
 from timm_lm.analysis import format_coefficients, lm_coefficients, summarize_coefficients
+from train_wrappers.trainer import TRAINER_ID
 
-__all__ = ['CardFacts', 'read_summary', 'card_sections', 'render_card', 'PROJECT_CARD']
+__all__ = ['CardFacts', 'read_summary', 'card_sections', 'render_card', 'trained_by', 'PROJECT_CARD']
 
 PROJECT_CARD = Path(__file__).with_name('MODEL_CARD.md')  # a link to the top-level MODEL_CARD.md
 _SECTION = re.compile(r'<!-- card:begin (\w+) -->\n(.*?)<!-- card:end \1 -->', re.S)
@@ -31,8 +32,18 @@ class CardFacts:
     checkpoint: Optional[str] = None
     epoch: Optional[int] = None
     ema: bool = False
+    trained_by: Optional[str] = None  # e.g. 'timm train.py'; None: not recorded in the checkpoint
     metrics: Dict[str, str] = field(default_factory=dict)
     best: Optional[Dict[str, str]] = None
+
+
+def trained_by(train_args: Optional[Dict[str, Any]]) -> Optional[str]:
+    """What wrote a checkpoint, from the args it saved: the compact trainer names itself, train.py does not."""
+    if not train_args:
+        return None
+    if train_args.get('trainer') == TRAINER_ID:
+        return "timm-lm's compact trainer (train_wrappers.trainer, timm library parts)"
+    return 'timm train.py'
 
 
 def read_summary(path, epoch: Optional[int]) -> Dict[str, Dict[str, str]]:
@@ -58,7 +69,8 @@ def _metrics_lines(facts: CardFacts) -> List[str]:
     row = facts.metrics
     shown = ', '.join(f'{k.replace("eval_", "")} {float(v):.2f}' if 'top' in k else f'{k} {float(v):.4f}'
                       for k, v in row.items() if k.startswith('eval_') and v not in ('', None))
-    lines = [f'- **Metrics** (evaluation logged by timm train.py, epoch {row.get("epoch")}): {shown}']
+    source = f'evaluation logged by {facts.trained_by}' if facts.trained_by else 'evaluation logged in summary.csv'
+    lines = [f'- **Metrics** ({source}, epoch {row.get("epoch")}): {shown}']
     if facts.best and facts.best is not row and facts.best.get('epoch') != row.get('epoch'):
         lines.append(f'- Best eval top-1 of the run: {float(facts.best["eval_top1"]):.2f} at epoch {facts.best["epoch"]}')
     return lines
@@ -93,7 +105,8 @@ def render_card(model: nn.Module, facts: CardFacts, sections: Optional[Dict[str,
             f'mean {tuple(round(v, 4) for v in cfg["mean"])}, std {tuple(round(v, 4) for v in cfg["std"])}, '
             f'{model.num_classes} classes',
             f'- **Weights:** {"EMA weights of " if facts.ema else ""}`{facts.checkpoint or "checkpoint"}`'
-            + (f', epoch {facts.epoch}' if facts.epoch is not None else ''),
+            + (f', epoch {facts.epoch}' if facts.epoch is not None else '')
+            + (f', trained by {facts.trained_by}' if facts.trained_by else ''),
             *_metrics_lines(facts),
         ]),
         '## Usage',

@@ -1,7 +1,9 @@
 """Publish a checkpoint as a Hugging Face Hub model folder that timm loads, and optionally upload it.
 
-    python -m train_wrappers.publish CHECKPOINT --model NAME --out-dir DIR [--repo-id ORG/NAME] [--ema]
+    python -m train_wrappers.publish CHECKPOINT --out-dir DIR [--model NAME] [--repo-id ORG/NAME] [--ema]
         [--num-classes N] [--label-names FILE] [--summary summary.csv] [--dataset NAME] [--overwrite]
+
+From Python: ``publish_checkpoint(checkpoint, out_dir, label_names=[...], dataset=...)`` (the quickstart's way).
 
 CHECKPOINT is what timm's train.py writes (``last.pth.tar``, ``model_best.pth.tar``; ``--ema`` takes
 its EMA weights), a plain state dict or a ``.safetensors`` file. The folder holds ``model.safetensors``
@@ -13,7 +15,8 @@ model card rendered from MODEL_CARD.md. Before anything is put in place, the fol
 Refusals (one line, exit status 2, nothing written): an existing non-empty out-dir without
 ``--overwrite``, a checkpoint whose keys or shapes do not match the model, a missing or corrupt file,
 a checkpoint that would need arbitrary unpickling, an unknown model name, label names that do not match
-the classes. The upload uses the usual Hugging Face login or ``HF_TOKEN``; the token is never printed.
+the classes. The model card says what trained the checkpoint (timm train.py, or this project's compact
+trainer, which records itself in the checkpoint's args) and quotes that run's summary.csv. The upload uses the usual Hugging Face login or ``HF_TOKEN``; the token is never printed.
 """
 import argparse
 import json
@@ -22,7 +25,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import timm
 import torch
@@ -30,10 +33,11 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.models import save_for_hf
 
+from timm_lm.cli import ArgumentParser
 from timm_lm.loading import CheckpointError, build_from_state_dict, read_checkpoint
-from train_wrappers.model_card import CardFacts, read_summary, render_card
+from train_wrappers.model_card import CardFacts, read_summary, render_card, trained_by
 
-__all__ = ['PublishError', 'publish', 'main']
+__all__ = ['PublishError', 'publish_checkpoint', 'main']
 
 _DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 _NOT_STRUCTURAL = ('k_init', 'drop_rate', 'drop_path_rate', 'drop_block_rate', 'pretrained')
@@ -43,8 +47,8 @@ class PublishError(ValueError):
     """A refusal: the message is the one line the user sees."""
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog='timm-lm-publish', description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = ArgumentParser(prog='timm-lm-publish', description=__doc__.splitlines()[0])
     p.add_argument('checkpoint', help="train.py checkpoint (last.pth.tar, model_best.pth.tar), .pth or .safetensors")
     p.add_argument('--model', help="LM model name (default: the 'arch' recorded in a train.py checkpoint)")
     p.add_argument('--out-dir', required=True, help='the Hub folder to write')
@@ -55,7 +59,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--summary', help="train.py's summary.csv (default: the one next to the checkpoint, if any)")
     p.add_argument('--dataset', help='dataset name for the card metadata, e.g. cifar10')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty out-dir')
-    return p.parse_args(argv)
+    return p
 
 
 def _model_kwargs(train_args: Dict[str, Any]) -> Dict[str, Any]:
@@ -66,7 +70,8 @@ def _model_kwargs(train_args: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
-def _read_label_names(path: str, num_classes: int) -> List[str]:
+def read_label_names(path: str) -> List[str]:
+    """Class names from a file: one per line, or a JSON list."""
     try:
         text = Path(path).read_text()
     except OSError as err:
@@ -75,8 +80,6 @@ def _read_label_names(path: str, num_classes: int) -> List[str]:
         names = json.loads(text) if text.lstrip().startswith('[') else [l.strip() for l in text.splitlines() if l.strip()]
     except json.JSONDecodeError:
         raise PublishError(f'--label-names {path}: not a JSON list; use one name per line or a JSON list') from None
-    if len(names) != num_classes:
-        raise PublishError(f'--label-names {path}: {len(names)} names for a model with {num_classes} classes')
     return [str(n) for n in names]
 
 
@@ -92,24 +95,27 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise PublishError(f'--out-dir {out_dir}: exists and is not empty; pass --overwrite to replace it, or another folder')
 
 
-def build_checkpoint_model(args: argparse.Namespace):
-    """(model in eval mode, checkpoint metadata) from the command line."""
-    state_dict, meta = read_checkpoint(args.checkpoint, use_ema=args.ema)
-    model_name = args.model or meta.get('arch')
+def build_checkpoint_model(checkpoint: Path, model_name: Optional[str], use_ema: bool,
+                           num_classes: Optional[int]):
+    """(model in eval mode, checkpoint metadata) of a checkpoint, its architecture checked against ``model_name``."""
+    state_dict, meta = read_checkpoint(str(checkpoint), use_ema=use_ema)
+    recorded = meta.get('arch')
+    model_name = model_name or recorded
     if not model_name:
-        raise PublishError(f'{args.checkpoint}: the checkpoint does not record its architecture; pass --model NAME')
-    if meta.get('arch') and args.model and meta['arch'] != args.model:
-        raise PublishError(f'--model {args.model}: the checkpoint was trained as {meta["arch"]}; pass --model {meta["arch"]}')
+        raise PublishError(f'{checkpoint}: the checkpoint does not record its architecture; pass --model NAME')
+    if recorded and model_name != recorded:
+        raise PublishError(f'--model {model_name}: the checkpoint was trained as {recorded}; pass --model {recorded}')
     if not model_name.startswith('lm_'):
         raise PublishError(f'--model {model_name}: not an LM model name (see "timm-lm list")')
     kwargs = _model_kwargs(meta.get('args', {}))
-    if args.num_classes is not None:
-        kwargs['num_classes'] = args.num_classes
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
     model = build_from_state_dict(model_name, state_dict, **kwargs).eval()
     return model, meta
 
 
-def write_folder(model: nn.Module, folder: Path, meta: Dict[str, Any], args: argparse.Namespace) -> None:
+def write_folder(model: nn.Module, folder: Path, meta: Dict[str, Any], facts: CardFacts,
+                 label_names: Optional[Sequence[str]], summary: Optional[Path]) -> None:
     """model.safetensors + config.json (timm's save_for_hf) + README.md into ``folder``."""
     train_args = meta.get('args', {})
     data_config = resolve_data_config(train_args, model=model)
@@ -118,16 +124,16 @@ def write_folder(model: nn.Module, folder: Path, meta: Dict[str, Any], args: arg
     for stale in ('label_names', 'tag', 'notes', 'description'):  # they describe the registry tag, not these weights
         model.pretrained_cfg.pop(stale, None)
     model_config: Dict[str, Any] = {}
-    if args.label_names:
-        model_config['label_names'] = _read_label_names(args.label_names, model.num_classes)
+    if label_names is not None:
+        if len(label_names) != model.num_classes:
+            raise PublishError(f'label names: {len(label_names)} names for a model with {model.num_classes} classes; '
+                               f'give one name per class')
+        model_config['label_names'] = [str(n) for n in label_names]
     model_args = dict(model.lm_options.model_args(), in_chans=model.pretrained_cfg['input_size'][0],
                       num_classes=model.num_classes, **_model_kwargs(train_args))
     save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True)
 
-    summary = args.summary or (Path(args.checkpoint).parent / 'summary.csv')
-    facts = CardFacts(model_name=model.pretrained_cfg['architecture'], repo_id=args.repo_id, dataset=args.dataset,
-                      checkpoint=Path(args.checkpoint).name, epoch=meta.get('epoch'), ema=args.ema)
-    if args.summary or Path(summary).is_file():
+    if summary is not None:
         try:
             found = read_summary(summary, meta.get('epoch'))
         except (OSError, ValueError, KeyError) as err:
@@ -171,15 +177,29 @@ def _make_readable(folder: Path) -> None:
         f.chmod(0o666 & ~umask)
 
 
-def publish(args: argparse.Namespace) -> Path:
-    out_dir = Path(args.out_dir)
-    _check_out_dir(out_dir, args.overwrite)
-    model, meta = build_checkpoint_model(args)
+def publish_checkpoint(checkpoint: Union[str, Path], out_dir: Union[str, Path], *, model: Optional[str] = None,
+                       label_names: Optional[Sequence[str]] = None, dataset: Optional[str] = None,
+                       summary: Optional[Union[str, Path]] = None, num_classes: Optional[int] = None,
+                       ema: bool = False, repo_id: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Write ``checkpoint`` as a Hub folder at ``out_dir`` (checked by reloading it), upload it to ``repo_id``.
+
+    ``model``: the architecture, when the checkpoint does not record it; ``label_names``: one per class;
+    ``summary``: the run's summary.csv (default: the one next to the checkpoint, if any) for the card's
+    metrics. Raises PublishError or CheckpointError (one-line messages) before anything is written.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    _check_out_dir(out_dir, overwrite)
+    built, meta = build_checkpoint_model(checkpoint, model, ema, num_classes)
+    if summary is None and (checkpoint.parent / 'summary.csv').is_file():
+        summary = checkpoint.parent / 'summary.csv'
+    facts = CardFacts(model_name=built.pretrained_cfg['architecture'], repo_id=repo_id, dataset=dataset,
+                      checkpoint=checkpoint.name, epoch=meta.get('epoch'), ema=ema,
+                      trained_by=trained_by(meta.get('args')))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out_dir.name}.', dir=out_dir.parent))
     try:
-        write_folder(model, staging, meta, args)
-        verify_folder(staging, model)
+        write_folder(built, staging, meta, facts, label_names, Path(summary) if summary is not None else None)
+        verify_folder(staging, built)
         _make_readable(staging)
         if out_dir.exists():
             shutil.rmtree(out_dir)
@@ -187,16 +207,19 @@ def publish(args: argparse.Namespace) -> Path:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    print(f'published {model.pretrained_cfg["architecture"]} to {out_dir} (reloaded with local-dir: and checked)')
-    if args.repo_id:
-        print(f'uploaded to {upload(out_dir, args.repo_id)}')
+    print(f'published {built.pretrained_cfg["architecture"]} to {out_dir} (reloaded with local-dir: and checked)')
+    if repo_id:
+        print(f'uploaded to {upload(out_dir, repo_id)}')
     return out_dir
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        publish(args)
+        publish_checkpoint(
+            args.checkpoint, args.out_dir, model=args.model, dataset=args.dataset, summary=args.summary,
+            label_names=read_label_names(args.label_names) if args.label_names else None,
+            num_classes=args.num_classes, ema=args.ema, repo_id=args.repo_id, overwrite=args.overwrite)
     except (PublishError, CheckpointError) as err:
         print(f'timm-lm-publish: {err}', file=sys.stderr)
         return 2

@@ -3,14 +3,14 @@
     python -m train_wrappers.run SCRIPT.py [script args ...]
     torchrun --nproc_per_node=8 -m train_wrappers.run train.py --config RECIPE.yaml ...
 
-timm's scripts look models up by name in timm's registry, and ``lm_*`` names are only there after
-``import timm_lm``. Only train.py can import a module itself (``--device-modules timm_lm``); validate.py,
-benchmark.py, inference.py and onnx_export.py cannot. This wrapper imports ``timm_lm`` and then runs the
-script exactly as ``python SCRIPT.py args`` would: as ``__main__``, with its own argv, with its folder
-first on ``sys.path`` (so a pytorch-image-models checkout uses its own ``timm/``, as it does when run
+timm's scripts look models up by name in timm's registry, and 'lm_*' names are only there after
+'import timm_lm'. Only train.py can import a module itself ('--device-modules timm_lm'); validate.py,
+benchmark.py, inference.py and onnx_export.py cannot. This wrapper imports 'timm_lm' and then runs the
+script exactly as 'python SCRIPT.py args' would: as '__main__', with its own argv, with its folder
+first on 'sys.path' (so a pytorch-image-models checkout uses its own 'timm/', as it does when run
 directly), and with its exit status. Nothing is copied from or patched into the scripts.
 
-A bare script name (``validate.py``) that is not a file here is looked up in ``$TIMM_SCRIPTS_DIR``.
+A bare script name ('validate.py') that is not a file here is looked up in '$TIMM_SCRIPTS_DIR'.
 """
 import os
 import runpy
@@ -50,7 +50,10 @@ def run_script(path: str, args: List[str]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``python -m train_wrappers.run`` and of the ``timm-lm-run`` console script."""
+    """Entry point of ``python -m train_wrappers.run`` and of the ``timm-lm-run`` console script.
+
+    --help prints the module docstring, so that is written as plain text.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv:
         print(USAGE, file=sys.stderr)
