@@ -35,7 +35,7 @@ CIFAR_MODELS = ['lm_resnet20', 'lm_resnet32', 'lm_resnet44', 'lm_resnet56', 'lm_
 EXPECTED = sorted(
     [f'{m}_{d}.yaml' for m in CIFAR_MODELS for d in ('cifar10', 'cifar100')]
     + ['lm_resnetv2_50_in1k.yaml', 'lm_resnetv2_101_in1k.yaml', 'lm_resnext50_in1k.yaml',
-       'lm_resnet50_in1k_finetune.yaml'])
+       'lm_resnet50_in1k_finetune.yaml', 'lm_convnext_tiny_finetune.yaml'])
 SD_DROP_PATH = 0.5  # the +SD variant of the CIFAR recipes (--drop-path 0.5, documented in their headers)
 
 
@@ -76,8 +76,16 @@ def ids(paths):
     return [p.name for p in paths]
 
 
+def is_user_data(path: Path) -> bool:
+    """A fine-tuning recipe for the user's own ImageFolder: the classes come from the command line."""
+    return 'num_classes' not in load_recipe(path)
+
+
 CIFAR_RECIPES = [p for p in RECIPES if is_cifar(p)]
-IMAGENET_RECIPES = [p for p in RECIPES if not is_cifar(p)]
+USER_DATA_RECIPES = [p for p in RECIPES if is_user_data(p)]
+IMAGENET_RECIPES = [p for p in RECIPES if not is_cifar(p) and not is_user_data(p)]
+PAPER_RECIPES = CIFAR_RECIPES + IMAGENET_RECIPES
+USER_NUM_CLASSES = 7  # stands in for the --num-classes a user gives
 
 
 def test_every_recipe_is_there():
@@ -101,8 +109,9 @@ def test_no_number_written_as_a_string(path):
 @pytest.mark.parametrize('path', RECIPES, ids=ids(RECIPES))
 def test_recipe_builds_its_lm_model(path):
     cfg = load_recipe(path)
-    model = build_on_meta(cfg['model'], cfg.get('num_classes'), cfg.get('drop_path'), cfg.get('model_kwargs'))
-    assert model.num_classes == cfg['num_classes']
+    num_classes = cfg.get('num_classes', USER_NUM_CLASSES)
+    model = build_on_meta(cfg['model'], num_classes, cfg.get('drop_path'), cfg.get('model_kwargs'))
+    assert model.num_classes == num_classes
     assert len(timm_lm.lm_coefficients(model)) > 0  # an LM model, not a plain timm one
     if is_cifar(path):
         drop_probs = [m.drop_prob for m in build_on_meta(cfg['model'], drop_path=SD_DROP_PATH).modules()
@@ -110,10 +119,14 @@ def test_recipe_builds_its_lm_model(path):
         assert drop_probs and max(drop_probs) == pytest.approx(SD_DROP_PATH)  # last block: survival 0.5
 
 
+@pytest.mark.parametrize('path', PAPER_RECIPES, ids=ids(PAPER_RECIPES))
+def test_paper_schedules_use_plain_momentum(path):
+    assert load_recipe(path)['opt'] == 'momentum', "timm's 'sgd' is Nesterov SGD; the paper's schedules use plain momentum"
+
+
 @pytest.mark.parametrize('path', RECIPES, ids=ids(RECIPES))
 def test_schedule_is_consistent(path):
     cfg = load_recipe(path)
-    assert cfg['opt'] == 'momentum', "timm's 'sgd' is Nesterov SGD; the paper's schedules use plain momentum"
     assert cfg['epochs'] > cfg.get('warmup_epochs', 0) >= 0
     if cfg['sched'] == 'multistep':
         milestones = cfg['decay_milestones']
@@ -142,6 +155,24 @@ def test_imagenet_recipe_lr_is_per_256_images(path):
     else:
         assert (cfg['lr_base'], cfg['epochs'], cfg['decay_milestones']) == (0.1, 90, [30, 60, 80])
         assert cfg['pretrained'] is False
+
+
+@pytest.mark.parametrize('path', USER_DATA_RECIPES, ids=ids(USER_DATA_RECIPES))
+def test_user_data_recipe_warm_starts_on_an_image_folder(path):
+    """Fine-tuning on the user's ImageFolder: timm's weights with k_n = 0, classes from --num-classes."""
+    cfg = load_recipe(path)
+    assert 'dataset' not in cfg and cfg['pretrained'] is True  # train.py's default dataset is an ImageFolder
+    assert cfg['opt'] == 'adamw' and cfg['lr_base'] < 1e-3 and cfg['lr_base_size'] == 256
+    assert cfg['batch_size'] * 8 == 256  # the header's 8-process command
+    header = '\n'.join(line for line in path.read_text().splitlines() if line.startswith('#'))
+    assert '--num-classes N' in header
+    variants = [cfg['model']] + re.findall(r'--model (lm_\w+)', header)  # the header's other model (a ViT)
+    assert len(variants) == 2
+    for name in variants:
+        model = build_on_meta(name, USER_NUM_CLASSES)
+        tag = model.pretrained_cfg['tag']
+        assert tag.startswith('warmstart_'), f'{name}: default tag {tag!r} is not a warm start'
+        assert f'{name[len("lm_"):]}.{tag[len("warmstart_"):]}' in header, f'{name}: header names other weights'
 
 
 @pytest.mark.parametrize('path', RECIPES, ids=ids(RECIPES))
