@@ -1,4 +1,4 @@
-"""PyTorch's function transforms on the LM mix and on every LM model family (shared/DESIGN.md 1c).
+"""PyTorch's function transforms on the LM mix and on every LM model family.
 
 ``lm_mix`` has two implementations: in plain eager autograd a custom ``autograd.Function``
 (``_LMMixBackward``: in-place forward, hand-written backward), everywhere else the out-of-place

@@ -1,4 +1,4 @@
-"""``k_stable=True`` keeps |k| < 1 in floating point (shared/DESIGN.md 1c), at any k_raw, in every float dtype.
+"""``k_stable=True`` keeps |k| < 1 in floating point, at any k_raw, in every float dtype.
 
 ``k = b tanh(k_raw)`` with ``b = STABLE_BOUND = 1 - 2^-8``: ``tanh`` alone rounds to exactly +-1 once
 |k_raw| passes ~9 (float32) or ~3 (bfloat16), and k = -1 is not zero-stable. ``b`` is representable in

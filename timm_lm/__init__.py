@@ -5,15 +5,20 @@ timm's ``train.py --model`` and the Hub loaders know them. Small public API:
 
 * ``lm_coefficients(model)`` / ``format_coefficients(model)``: every k_n by stage and block, with the
   modified-equation coefficients and zero-stability (``timm_lm.analysis``);
-* ``LMOptions``: the LM model options (``lm``, ``k_init``, ``k_per_channel``, ``k_stable``).
+* ``LMOptions``: the LM model options (``lm``, ``k_init``, ``k_per_channel``, ``k_stable``);
+* the errors ``create_model`` raises for LM models: ``UnknownOptionError`` (a ``TypeError``, as timm's
+  contract says, and a ``ValueError``) and ``PretrainedWeightsUnavailable`` (an ``OSError`` naming the
+  weights it tried).
 """
 from .version import __version__
 from .lm import LMOptions
 from .analysis import BlockCoefficient, format_coefficients, lm_coefficients, plot_coefficients, \
     summarize_coefficients
 from . import models  # registers the models
+from .models._base import UnknownOptionError
+from .models._factory import PretrainedWeightsUnavailable
 
 __all__ = [
     '__version__', 'LMOptions', 'BlockCoefficient', 'lm_coefficients', 'format_coefficients', 'summarize_coefficients',
-    'plot_coefficients', 'models',
+    'plot_coefficients', 'models', 'UnknownOptionError', 'PretrainedWeightsUnavailable',
 ]
