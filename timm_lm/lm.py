@@ -247,8 +247,12 @@ def lm_mix(
     inputs need (dk = <grad, u_prev - u> is read from the first of them before it is filled). Under
     torch.compile, torch.func transforms, forward-mode AD and fx tracing the out-of-place expression
     ``f + c u + k (u_prev - u)`` is used: the compiler fuses it, and the transforms differentiate it
-    themselves.
+    themselves. Under torch.fx tracing the mix is one node calling this function, so a traced model
+    (timm's fx feature extraction, ``torch.fx.symbolic_trace``) runs it as the eager model does, bit
+    for bit.
     """
+    if not torch.jit.is_scripting() and _is_fx_proxy(f, u, u_prev, k):
+        return _fx_mix_node(f, u, u_prev, k, f_includes_u)
     c = 0.0 if f_includes_u else 1.0
     if torch.jit.is_scripting():
         return _mix_in_place(f, u, u_prev, k, c)
@@ -269,6 +273,20 @@ def _mix_out_of_place(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k:
                       c: float) -> torch.Tensor:
     # k (u_prev - u): autograd's dk is then <grad, u_prev - u>, accurate for small steps (see _LMMixBackward)
     return torch.addcmul(f if c == 0.0 else f + u, k, u_prev - u)
+
+
+@torch.jit.unused
+def _is_fx_proxy(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor) -> bool:
+    return any(isinstance(v, torch.fx.Proxy) for v in (f, u, u_prev, k))
+
+
+@torch.jit.unused
+def _fx_mix_node(f: torch.Tensor, u: torch.Tensor, u_prev: torch.Tensor, k: torch.Tensor,
+                 f_includes_u: bool) -> torch.Tensor:
+    """Record ``lm_mix`` as a single call in the graph being traced (what ``torch.fx.wrap`` does for a
+    function called by its global name; here the callers import it into their own modules)."""
+    tracer = next(v.tracer for v in (f, u, u_prev, k) if isinstance(v, torch.fx.Proxy))
+    return tracer.create_proxy('call_function', lm_mix, (f, u, u_prev, k), {'f_includes_u': f_includes_u})
 
 
 @torch.jit.unused
