@@ -10,7 +10,7 @@ import timm
 import torch
 from family_cases import ALL_CASES, CASES, REPRESENTATIVES, SIZE, TOKEN_FAMILIES, assert_close, case_id, feature_taps, \
     features_of, grads, image, liven, lm_model, nchw, reference_stage, reference_step, set_coefficients, \
-    stage_inputs_and_outputs, timm_and_lm, two_step_pattern
+    stage_inputs_and_outputs, timm_and_lm, two_step_pattern, build_structure
 from family_cases import single_thread  # noqa: F401  (autouse fixture)
 from timm.layers import DropPath
 from timm.models._manipulate import checkpoint_seq
@@ -140,8 +140,7 @@ def test_pre_activation_blocks_are_run_from_their_parts(name):
     """ResNetV2 / CIFAR: every block is split (faster than timm's forward + correction on CPUs, and the
     projecting first block needs it); RegNet V: split wherever it has a shortcut (even its identity
     shortcut carries the pre-activated input), its blocks without one run timm's forward."""
-    with torch.device('meta'):
-        model = timm.create_model(name)
+    model = build_structure(name)
     blocks = [b for _, stage in lm_stages(model) for b in stage]
     assert any(b.lm is not None for b in blocks)
     assert any(b.downsample is None or isinstance(b.downsample, torch.nn.Identity) for b in blocks)  # identity ones

@@ -46,6 +46,7 @@ def test_timm_model_suite_passes_on_lm_models(group, tmp_path):
     junit = tmp_path / 'junit.xml'
     env = dict(os.environ, GITHUB_ACTIONS='1', HF_HUB_OFFLINE='1',
                PYTHONPATH=os.pathsep.join([str(ROOT / 'tests'), str(ROOT), os.environ.get('PYTHONPATH', '')]))
+    env.pop('PYTEST_ADDOPTS', None)  # options meant for this session (e.g. -n 1) are not timm's suite's
     command = [sys.executable, '-m', 'pytest', '-q', '-p', 'timm_suite_plugin', '-p', 'no:cacheprovider',
                '-p', 'no:xdist', f'--junitxml={junit}', 'tests/test_models.py', '--lm-models', *GROUPS[group]]
     proc = subprocess.run(command, cwd=SUITE, env=env, capture_output=True, text=True)

@@ -10,6 +10,15 @@ timm's ``train.py --model`` and the Hub loaders know them. Small public API:
   contract says, and a ``ValueError``) and ``PretrainedWeightsUnavailable`` (an ``OSError`` naming the
   weights it tried).
 """
+import warnings
+
+with warnings.catch_warnings():
+    # timm 1.0.22's hrnet.py decorates a class with torch.jit.interface, which torch 2.14 deprecates with a
+    # FutureWarning when timm is imported: a note to timm's code (later releases dropped it), not to our
+    # users, and it would be the first line of every timm-lm command's output. Only that warning, only here.
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.interface` is deprecated', category=FutureWarning)
+    import timm  # noqa: F401
+
 from .version import __version__
 from .lm import LMOptions
 from .analysis import BlockCoefficient, format_coefficients, lm_coefficients, plot_coefficients, \

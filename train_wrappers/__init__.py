@@ -18,5 +18,9 @@ once, when torch loads it, so it is set here: ``python -m train_wrappers.<tool>`
 before torch. Where torch is already loaded, this changes nothing.
 """
 import os
+import warnings
 
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+# timm 1.0.22 warns about its own use of torch.jit.interface (deprecated by torch 2.14) when it is imported;
+# it is not about the user's run and would come before each tool's one-line messages (see timm_lm/__init__.py)
+warnings.filterwarnings('ignore', message=r'`torch\.jit\.interface` is deprecated', category=FutureWarning)

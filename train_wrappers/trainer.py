@@ -301,7 +301,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, scheduler, epoch, ema, cf
         optimizer.step()
         if ema is not None:
             ema.update(model, step=epoch * updates_per_epoch + step)
-        scheduler.step_update(num_updates=epoch * updates_per_epoch + step + 1)
+        if scheduler is not None:  # --sched none: a constant learning rate
+            scheduler.step_update(num_updates=epoch * updates_per_epoch + step + 1)
         losses.update(loss.item(), x.size(0))
         top1.update(accuracy(output.detach(), y, topk=(1,))[0].item(), x.size(0))
         progress.update(step + 1, loss=f'{losses.avg:.3f}', top1=f'{top1.avg:.1f}%',
@@ -423,7 +424,9 @@ def train(cfg: TrainConfig) -> TrainResult:
         optimizer, sched=cfg.sched, num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
         warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr, step_on_epochs=not cfg.sched_on_updates,
         updates_per_epoch=len(train_loader))
-    if start_epoch:
+    if scheduler is None and cfg.sched != 'none':  # timm 1.0.22 and 1.0.26 return None for a name they lack
+        raise ValueError(f"Unknown scheduler '{cfg.sched}'.")
+    if start_epoch and scheduler is not None:
         scheduler.step(start_epoch)
 
     output_dir = _run_dir(cfg)
@@ -444,7 +447,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         update_summary(epoch, train_metrics, eval_metrics, filename=str(output_dir / 'summary.csv'),
                        lr=sum(lrs) / len(lrs), write_header=not (output_dir / 'summary.csv').exists())
         best_metric, best_epoch = saver.save_checkpoint(epoch, metric=eval_metrics['top1'])
-        scheduler.step(epoch + 1, eval_metrics['top1'])
+        if scheduler is not None:
+            scheduler.step(epoch + 1, eval_metrics['top1'])
         print(f'      epoch {epoch}: train loss {train_metrics["loss"]:.4f}, eval top-1 {eval_metrics["top1"]:.2f}%',
               flush=True)
     return TrainResult(output_dir, best_metric, best_epoch, dict(eval_metrics))
