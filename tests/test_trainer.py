@@ -71,6 +71,11 @@ def test_train_writes_train_py_outputs_and_resumes(image_folder, tmp_path):
     assert meta['epoch'] == 2
 
 
+def test_sched_none_trains_at_a_constant_learning_rate(image_folder, tmp_path):
+    train(_config(image_folder, tmp_path, sched='none', epochs=2, model_ema=False))
+    assert [float(r['lr']) for r in _summary(tmp_path / 'run')] == [0.05, 0.05]
+
+
 def test_cli_bad_input(tmp_path, capsys):
     assert main(['--data-dir', str(tmp_path / 'none')]) == 2
     assert 'no such folder' in capsys.readouterr().err
