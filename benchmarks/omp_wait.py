@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO / 'benchmarks'))
     from machine import machine_info
 
-    results = dict(command='python benchmarks/omp_wait.py ' + ' '.join(argv if argv is not None else sys.argv[1:]),
+    results = dict(command=' '.join(['python benchmarks/omp_wait.py', *(argv if argv is not None else sys.argv[1:])]),
                    machine=machine_info(), steps=args.steps, repeats=args.repeats, runs=[])
     scratch = Path(args.out).with_suffix('.scratch')
     for condition in ('as it is', 'beside one busy process'):

@@ -56,14 +56,23 @@ def _write_idx(path, array, labels=False):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-@pytest.fixture(scope='session')
-def fake_fmnist(tmp_path_factory):
-    """A tiny Fashion-MNIST in Debian's file format (idx, gzipped): 48 training and 24 test images."""
-    root = tmp_path_factory.mktemp('fmnist')
+def _write_fake_fmnist(root, train: int, test: int):
     rng = np.random.default_rng(0)
-    for prefix, n in (('train', 48), ('t10k', 24)):
+    for prefix, n in (('train', train), ('t10k', test)):
         labels = rng.integers(0, 10, n)
         images = rng.integers(0, 64, (n, 28, 28)) + 19 * labels[:, None, None]
         _write_idx(root / f'{prefix}-images-idx3-ubyte.gz', images)
         _write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', labels, labels=True)
     return root
+
+
+@pytest.fixture(scope='session')
+def fake_fmnist(tmp_path_factory):
+    """A tiny Fashion-MNIST in Debian's file format (idx, gzipped): 48 training and 24 test images."""
+    return _write_fake_fmnist(tmp_path_factory.mktemp('fmnist'), 48, 24)
+
+
+@pytest.fixture(scope='session')
+def fake_fmnist_4_batches(tmp_path_factory):
+    """The same format with 512 training images: four of the quickstart's batches of 128."""
+    return _write_fake_fmnist(tmp_path_factory.mktemp('fmnist512'), 512, 24)

@@ -62,3 +62,17 @@ def test_fmnist_study_unknown_model(capsys):
     study = _load('fmnist_study')
     assert study.main(['--models', 'resnet21']) == 2
     assert 'unknown model' in capsys.readouterr().err
+
+
+def test_omp_wait_script(tmp_path, fake_fmnist_4_batches):
+    omp_wait = _load('omp_wait')
+    out = tmp_path / 'omp'
+    assert omp_wait.main(['--steps', '1', '--repeats', '1', '--data-dir', str(fake_fmnist_4_batches),
+                          '--out', str(out)]) == 0
+    results = json.loads(out.with_suffix('.json').read_text())
+    runs = results['runs']
+    assert [(r['condition'], r['setting']) for r in runs] == [
+        (c, s) for c in ('as it is', 'beside one busy process') for s in omp_wait.SETTINGS]
+    assert all(0 < r['seconds_per_step'] < 60 and r['threads'] >= 1 for r in runs)
+    table = out.with_suffix('.md').read_text()
+    assert '| PASSIVE |' in table and results['command'].startswith('python benchmarks/omp_wait.py --steps 1')

@@ -13,7 +13,9 @@ Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` unless it is set already
 threads otherwise spin for a while after every parallel region before they sleep; on a small CPU
 machine shared with another busy process the spinning threads hold the cores that the rest of the work
 needs: beside other jobs on 2 cores a quickstart training step took 3-3.7 s instead of 0.6 s with
-passive waiting (0.3-0.4 s on an idle machine; see benchmarks/README.md). libgomp reads the policy
+passive waiting (0.3-0.4 s on an idle machine). Alone on a machine it costs 10-40% of the training time
+(``benchmarks/omp_wait.py``; see benchmarks/README.md): set ``OMP_WAIT_POLICY`` to keep another policy
+(``OMP_WAIT_POLICY=`` for torch's default). libgomp reads the policy
 once, when torch loads it, so it is set here: ``python -m train_wrappers.<tool>`` imports this package
 before torch. Where torch is already loaded, this changes nothing.
 """
