@@ -23,7 +23,7 @@ SUITE = ROOT / '.timm-tests' / f'timm-{timm.__version__}'
 GROUPS = {
     'resnets': ['lm_resnet18', 'lm_resnetv2_18', 'lm_resnet20_cifar'],
     'convnets': ['lm_convnext_atto', 'lm_efficientnet_b0', 'lm_mobilenetv3_small_100', 'lm_regnetx_002'],
-    'vit': ['lm_vit_tiny_patch16_224'],
+    'vit': ['lm_vit_tiny_patch16_224', 'lm_vit_tiny_r_s16_p8_224'],  # ViT, and a hybrid (ResNet stem)
     'deit': ['lm_deit_tiny_distilled_patch16_224'],
     'swin': ['lm_swin_tiny_patch4_window7_224'],
 }
