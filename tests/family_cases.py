@@ -164,8 +164,12 @@ def _k(block: nn.Module, like: torch.Tensor) -> torch.Tensor:
     return k
 
 
-def reference_step(block: nn.Module, u: torch.Tensor, u_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``post(f(u) + (1 - k) s(u) + k u[n-1])`` from timm's own forward: (u[n+1], the next block's u[n-1])."""
+def timm_copy(block: nn.Module) -> Tuple[nn.Module, nn.Module]:
+    """A copy of an LM block as timm's own class (its forward is timm's code), and its final activation.
+
+    The activation of a post-activation block is taken out of the copy, whose forward then returns
+    f(u) + s(u); a pre-activation block's forward already does (its "activation" is the identity).
+    """
     plain = copy.deepcopy(block)
     plain.__class__ = timm_class(block)
     del plain.lm
@@ -174,6 +178,12 @@ def reference_step(block: nn.Module, u: torch.Tensor, u_prev: torch.Tensor) -> T
     if attr:
         post = getattr(plain, attr)
         setattr(plain, attr, nn.Identity())
+    return plain, post
+
+
+def reference_step(block: nn.Module, u: torch.Tensor, u_prev: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``post(f(u) + (1 - k) s(u) + k u[n-1])`` from timm's own forward: (u[n+1], the next block's u[n-1])."""
+    plain, post = timm_copy(block)
     s = _shortcut(block, u)
     y = plain(u)  # f(u) + s(u), timm's code
     if block.lm is not None:

@@ -1,38 +1,17 @@
 """The stage computes the LM two-step recurrence, checked against timm's own block forward."""
-import copy
-
 import pytest
 import timm
 import torch
 import torch.nn as nn
+from family_cases import timm_copy
 from timm.layers import DropPath
 
 from timm_lm.blocks import LMBlockMixin
 
 
-_POST_ACT = {timm.models.resnet.BasicBlock: 'act2', timm.models.resnet.Bottleneck: 'act3'}
-
-
-def _timm_copy(block: nn.Module):
-    """A copy of an LM block as timm's own class (so its forward is timm's code), and its final activation.
-
-    The activation of a post-activation block is taken out of the copy, whose forward then returns
-    f(u) + s(u); a pre-activation block's forward already does.
-    """
-    plain = copy.deepcopy(block)
-    plain.__class__ = next(c for c in type(block).__mro__ if c.__module__.startswith('timm.models'))
-    del plain.lm
-    act = nn.Identity()
-    post = _POST_ACT.get(type(plain))
-    if post:
-        act = getattr(plain, post)
-        setattr(plain, post, nn.Identity())
-    return plain, act
-
-
 def _reference_stage(stage: nn.Module, x: torch.Tensor, preact: bool) -> torch.Tensor:
     """u[n+1] = post(f(u[n]) + (1 - k) u[n] + k u[n-1]), written out with timm's blocks."""
-    refs = [_timm_copy(b) for b in stage]
+    refs = [timm_copy(b) for b in stage]
     first, first_act = refs[0]
     # the first block is a plain residual step and hands on its shortcut output (the projected input)
     u_prev = x if first.downsample is None else first.downsample(first.norm1(x) if preact else x)
